@@ -1,0 +1,54 @@
+# Two commands for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Each one installs what is missing (Debian packages, a virtualenv) and then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages: FUSE and its headers (pyfuse3 builds against them), and the
+# reference tools the tests compare layerfs with.
+DEB_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr zstd \
+	fuse-overlayfs umoci skopeo busybox-static runc docker-registry apache2-utils
+
+.PHONY: demo test lint typecheck bench deps venv clean
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) deps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[fuse,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m layerfs.demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check layerfs fuse_mount tests benchmarks
+	$(VENV)/bin/ruff format --check layerfs fuse_mount tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) deps
+	$(MAKE) lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) deps
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

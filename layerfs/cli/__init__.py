@@ -1,0 +1,1 @@
+"""The ``layerfs`` command line: one small module per group of subcommands."""

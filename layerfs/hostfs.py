@@ -1,0 +1,202 @@
+"""Host filesystem access that cannot be led out of a layer root.
+
+Every host object layerfs touches is reached from a directory file descriptor plus one name,
+with ``O_NOFOLLOW`` / ``AT_SYMLINK_NOFOLLOW``: a symlink stored in a layer is data, never a path
+the library walks. Multi-component paths are resolved with ``openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS)`` where the kernel has it, and otherwise one component at a time with
+``O_NOFOLLOW``. Calls that have no ``*at`` form without following (xattrs, chmod) go through an
+``O_PATH`` descriptor and its ``/proc/self/fd`` entry, which names the object itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from layerfs.errors import oserror
+
+O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_PATH_ANY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_SYS_OPENAT2 = 437  # x86_64, aarch64 and most others share this number
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_openat2_works: bool | None = None
+
+
+def _openat2(dirfd: int, path: str, flags: int) -> int:
+    how = _OpenHow(
+        flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+    )
+    fd = _libc.syscall(
+        _SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise oserror(err, path)
+    return int(fd)
+
+
+def _open_walk(dirfd: int, path: str, flags: int) -> int:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise oserror(errno.EXDEV, path)
+    current = os.open(".", O_PATH_DIR, dir_fd=dirfd)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, O_PATH_DIR, dir_fd=current)
+            os.close(current)
+            current = nxt
+        last = parts[-1] if parts else "."
+        return os.open(last, flags | os.O_NOFOLLOW, dir_fd=current)
+    finally:
+        os.close(current)
+
+
+def open_beneath(dirfd: int, path: str, flags: int = O_PATH_DIR) -> int:
+    """Open *path* relative to *dirfd* without following any symlink or leaving *dirfd*.
+
+    Raises ``ELOOP`` (or ``ENOTDIR``) where a component is a symlink and ``EXDEV`` for ``..``.
+    """
+    global _openat2_works
+    if _openat2_works is not False:
+        try:
+            fd = _openat2(dirfd, path or ".", flags | os.O_CLOEXEC)
+            _openat2_works = True
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_works:
+                raise
+            _openat2_works = False
+    return _open_walk(dirfd, path, flags | os.O_CLOEXEC)
+
+
+def open_root(path: str | os.PathLike[str]) -> int:
+    """Open a layer root directory as an ``O_PATH`` descriptor (the root itself may be a link)."""
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return fd
+
+
+def lstat_at(dirfd: int, name: str) -> os.stat_result:
+    return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+
+
+def lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+@contextmanager
+def opath(dirfd: int, name: str) -> Iterator[str]:
+    """Yield a ``/proc/self/fd`` path naming the object *name* itself (never a link's target)."""
+    fd = os.open(name, O_PATH_ANY, dir_fd=dirfd)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def getxattr_at(dirfd: int, name: str, attr: str) -> bytes | None:
+    """The value of xattr *attr* of *name*, or None when it has none."""
+    with opath(dirfd, name) as p:
+        try:
+            return os.getxattr(p, attr)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                return None
+            raise
+
+
+def listxattr_at(dirfd: int, name: str) -> list[str]:
+    with opath(dirfd, name) as p:
+        try:
+            return os.listxattr(p)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP:
+                return []
+            raise
+
+
+def setxattr_at(dirfd: int, name: str, attr: str, value: bytes, flags: int = 0) -> None:
+    with opath(dirfd, name) as p:
+        os.setxattr(p, attr, value, flags)
+
+
+def removexattr_at(dirfd: int, name: str, attr: str) -> None:
+    with opath(dirfd, name) as p:
+        os.removexattr(p, attr)
+
+
+def chmod_at(dirfd: int, name: str, mode: int) -> None:
+    """chmod without following: a symlink's mode cannot change (EOPNOTSUPP, as on Linux)."""
+    with opath(dirfd, name) as p:
+        os.chmod(p, stat.S_IMODE(mode))
+
+
+def chown_at(dirfd: int, name: str, uid: int, gid: int) -> None:
+    os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+
+
+def utime_at(dirfd: int, name: str, atime_ns: int, mtime_ns: int) -> None:
+    os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dirfd, follow_symlinks=False)
+
+
+def copy_xattrs(src_dirfd: int, src: str, dst_dirfd: int, dst: str) -> None:
+    """Copy every xattr of *src* that is not private to overlayfs onto *dst*."""
+    from layerfs.whiteout import is_private_xattr
+
+    with opath(src_dirfd, src) as sp, opath(dst_dirfd, dst) as dp:
+        try:
+            names = os.listxattr(sp)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP:
+                return
+            raise
+        for attr in names:
+            if is_private_xattr(attr):
+                continue
+            try:
+                value = os.getxattr(sp, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENODATA:
+                    continue
+                raise
+            os.setxattr(dp, attr, value)
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy *size* bytes in the kernel (``copy_file_range``, falling back to ``sendfile``)."""
+    offset = 0
+    use_cfr = True
+    while offset < size:
+        count = min(size - offset, 1 << 30)
+        if use_cfr:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, count, offset, offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            os.lseek(dst_fd, offset, os.SEEK_SET)
+            n = os.sendfile(dst_fd, src_fd, offset, count)
+        if n == 0:
+            break  # the source shrank under us; the caller's size was an upper bound
+        offset += n

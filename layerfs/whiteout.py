@@ -1,0 +1,99 @@
+"""The one place that knows how deletions and opaque directories are written down.
+
+Two encodings exist and layerfs reads both everywhere:
+
+* **overlayfs** (what the kernel reads and writes): a whiteout is a character device with
+  device number 0/0; an opaque directory carries the xattr ``trusted.overlay.opaque="y"``
+  (``user.overlay.opaque`` when the upper belongs to an unprivileged user, ``userxattr``).
+* **OCI / AUFS** (what image layer tars carry): a whiteout is a file named ``.wh.NAME``, an
+  opaque directory holds a file named ``.wh..wh..opq``.
+
+What layerfs *writes* into an upper directory is chosen by :class:`UpperFormat`; the default is
+the kernel's privileged form, so that ``mount -t overlay`` reads the same upper.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from dataclasses import dataclass
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+TRUSTED_PREFIX = "trusted.overlay."
+USER_PREFIX = "user.overlay."
+PRIVATE_PREFIXES = (TRUSTED_PREFIX, USER_PREFIX)
+OPAQUE_VALUE = b"y"
+
+
+class XattrNamespace(enum.Enum):
+    """Where the stack's own xattrs live: ``trusted.overlay.*`` (root) or ``user.overlay.*``."""
+
+    TRUSTED = "trusted"
+    USER = "user"
+
+    @property
+    def prefix(self) -> str:
+        return TRUSTED_PREFIX if self is XattrNamespace.TRUSTED else USER_PREFIX
+
+
+class WhiteoutStyle(enum.Enum):
+    """How a whiteout is written: a 0/0 character device, or an OCI ``.wh.NAME`` file."""
+
+    CHARDEV = "chardev"
+    WH_FILE = "wh-file"
+
+
+@dataclass(frozen=True, slots=True)
+class UpperFormat:
+    """The encoding layerfs writes into an upper directory."""
+
+    xattrs: XattrNamespace = XattrNamespace.TRUSTED
+    whiteouts: WhiteoutStyle = WhiteoutStyle.CHARDEV
+
+    @property
+    def opaque_xattr(self) -> str:
+        return self.xattrs.prefix + "opaque"
+
+    @property
+    def metacopy_xattr(self) -> str:
+        return self.xattrs.prefix + "metacopy"
+
+    @classmethod
+    def unprivileged(cls) -> UpperFormat:
+        """The form an ordinary user can write: user xattrs and ``.wh.`` files."""
+        return cls(XattrNamespace.USER, WhiteoutStyle.WH_FILE)
+
+
+def is_private_xattr(name: str) -> bool:
+    """Whether *name* belongs to the stack itself and is hidden from the merged view."""
+    return name.startswith(PRIVATE_PREFIXES)
+
+
+def is_whiteout_stat(st: os.stat_result) -> bool:
+    """Whether a host object is an overlayfs whiteout (character device 0/0)."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_whiteout_name(name: str) -> bool:
+    """Whether *name* is an OCI whiteout (``.wh.X``) or the opaque marker."""
+    return name.startswith(WHITEOUT_PREFIX)
+
+
+def whited_out_name(name: str) -> str | None:
+    """The name an OCI whiteout file deletes, or None for the opaque marker and other names."""
+    if name == OPAQUE_MARKER or not name.startswith(WHITEOUT_PREFIX):
+        return None
+    target = name[len(WHITEOUT_PREFIX) :]
+    return target or None
+
+
+def whiteout_file_name(name: str) -> str:
+    """The OCI whiteout file name that deletes *name*."""
+    return WHITEOUT_PREFIX + name
+
+
+def is_opaque_value(value: bytes | None) -> bool:
+    """Whether an ``*.overlay.opaque`` xattr value marks the directory opaque."""
+    return value == OPAQUE_VALUE
