@@ -1,0 +1,36 @@
+"""Shared test configuration: capability checks that skip with a stated reason.
+
+On CI (``CI=true``, root, ``/dev/fuse`` present) nothing that needs root, FUSE or kernel
+overlayfs may be skipped: ``.ci/run`` checks the skip report and fails the run if one was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+HAS_FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def _has_overlay() -> bool:
+    try:
+        return "overlay" in Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+
+
+HAS_OVERLAY = _has_overlay()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("root") and not IS_ROOT:
+            item.add_marker(pytest.mark.skip(reason="needs root"))
+        if item.get_closest_marker("kernel") and not (IS_ROOT and HAS_OVERLAY):
+            item.add_marker(pytest.mark.skip(reason="needs root and kernel overlayfs"))
+        if item.get_closest_marker("fuse") and not HAS_FUSE:
+            item.add_marker(pytest.mark.skip(reason="needs /dev/fuse and fusermount3"))
