@@ -26,6 +26,7 @@ from layerfs.store.containers import Container
 from layerfs.store.layout import ImageLayout
 from layerfs.store.oci import (
     INDEX_TYPES,
+    OCI_MANIFEST,
     Index,
     Manifest,
     config_diff_ids,
