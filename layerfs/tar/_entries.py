@@ -1,0 +1,123 @@
+"""Classification of tar members into checked, normalised entries.
+
+Every rule that can be decided from a member alone lives here, so that the ROOTFS pre-pass
+and the extraction pass enforce exactly the same thing: names are made relative and free of
+``.``/empty components, ``..`` and absolute names are refused, whiteouts must name one plain
+child, hard-link targets obey the same rules as names.
+"""
+
+from __future__ import annotations
+
+import enum
+import tarfile
+from dataclasses import dataclass
+
+from layerfs.errors import LayerFormatError, UnsafeLayerError
+from layerfs.whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, whited_out_name
+
+AUFS_META_PREFIX = WHITEOUT_PREFIX + WHITEOUT_PREFIX  # ".wh..wh.": AUFS bookkeeping, not data
+
+
+class Kind(enum.Enum):
+    """What an entry asks the extractor to do."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+    WHITEOUT = "whiteout"  # name: the child it deletes
+    OPAQUE = "opaque"  # path: the directory that becomes opaque
+    SKIP = "skip"  # AUFS metadata (".wh..wh.plnk" and the like)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One checked tar member: ``parent``/``name`` is where it goes, relative to the root."""
+
+    raw: str
+    kind: Kind
+    parent: str  # "" is the root
+    name: str  # "" only for the root directory itself
+    link: str = ""  # hard-link target path, normalised
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent}/{self.name}" if self.parent else self.name
+
+
+def unsafe(raw: str, reason: str) -> UnsafeLayerError:
+    return UnsafeLayerError(f"unsafe layer entry {raw!r}: {reason}")
+
+
+def malformed(raw: str, reason: str) -> LayerFormatError:
+    return LayerFormatError(f"bad layer entry {raw!r}: {reason}")
+
+
+def normalise(raw: str, name: str) -> list[str]:
+    """The components of archive path *name*; refuses absolute paths and ``..``."""
+    if name.startswith("/"):
+        raise unsafe(raw, "absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise unsafe(raw, "path contains '..'")
+    return parts
+
+
+def _kind_of(member: tarfile.TarInfo) -> Kind:
+    if member.isreg():
+        return Kind.FILE
+    if member.isdir():
+        return Kind.DIR
+    if member.issym():
+        return Kind.SYMLINK
+    if member.islnk():
+        return Kind.HARDLINK
+    if member.ischr():
+        return Kind.CHAR
+    if member.isblk():
+        return Kind.BLOCK
+    if member.isfifo():
+        return Kind.FIFO
+    raise malformed(member.name, f"unsupported entry type {member.type!r}")
+
+
+def classify(member: tarfile.TarInfo, max_bytes: int) -> Entry:
+    """Check *member* and say what it means; raises Unsafe/LayerFormatError naming it."""
+    raw = member.name
+    parts = normalise(raw, raw)
+    if any(p.startswith(AUFS_META_PREFIX) and p != OPAQUE_MARKER for p in parts):
+        return Entry(raw, Kind.SKIP, "", "")
+    for part in parts[:-1]:
+        if part.startswith(WHITEOUT_PREFIX):
+            raise malformed(raw, f"a whiteout {part!r} used as a directory")
+    if member.size > max_bytes:
+        raise LayerFormatError(
+            f"bad layer entry {raw!r}: size {member.size} exceeds the limit of {max_bytes} bytes"
+        )
+    if not parts:
+        if not member.isdir():
+            raise unsafe(raw, "replaces the root directory")
+        return Entry(raw, Kind.DIR, "", "")
+    parent, name = "/".join(parts[:-1]), parts[-1]
+    if name == OPAQUE_MARKER:
+        return Entry(raw, Kind.OPAQUE, parent, "")
+    if name.startswith(WHITEOUT_PREFIX):
+        target = whited_out_name(name)
+        if target is None or target in (".", ".."):
+            raise unsafe(raw, f"whiteout of {name[len(WHITEOUT_PREFIX) :]!r}")
+        return Entry(raw, Kind.WHITEOUT, parent, target)
+    kind = _kind_of(member)
+    if kind is Kind.HARDLINK:
+        if not member.linkname:
+            raise malformed(raw, "hard link without a target")
+        target_parts = normalise(raw, member.linkname)
+        if not target_parts:
+            raise unsafe(raw, "hard link to the root directory")
+        link = "/".join(target_parts)
+        if link == "/".join(parts):
+            raise malformed(raw, "hard link to itself")
+        return Entry(raw, kind, parent, name, link)
+    return Entry(raw, kind, parent, name)

@@ -1,0 +1,101 @@
+"""Byte streams that hash, count and bound what flows through them.
+
+A layer is read and written in one pass: the blob digest, the diff_id and the byte limits are
+all computed on the way, so no member and no layer is ever held in memory as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from typing import BinaryIO
+
+from layerfs.errors import LayerFormatError
+from layerfs.types import Digest
+
+CHUNK = 1 << 20  # bytes: read/write unit for file data and compressed streams
+
+
+def digest_of(h: hashlib._Hash) -> Digest:
+    """Format a finished sha256 as ``sha256:<hex>``."""
+    return Digest("sha256:" + h.hexdigest())
+
+
+class HashingReader(io.RawIOBase):
+    """Reads from *inner*, hashing and counting every byte; fails once *limit* is passed.
+
+    ``progress`` receives the size of each chunk read, so a caller can drive a progress bar
+    without polling.
+    """
+
+    def __init__(
+        self,
+        inner: BinaryIO,
+        *,
+        limit: int | None = None,
+        what: str = "layer",
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._inner = inner
+        self._limit = limit
+        self._what = what
+        self._progress = progress
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        if data:
+            self._account(data)
+        return data
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def _account(self, data: bytes) -> None:
+        self.count += len(data)
+        if self._limit is not None and self.count > self._limit:
+            raise LayerFormatError(
+                f"{self._what} is larger than the limit of {self._limit} bytes"
+                " (decompression bomb?)"
+            )
+        self.hash.update(data)
+        if self._progress is not None:
+            self._progress(len(data))
+
+    def drain(self) -> None:
+        """Read to the end, so that the hash covers the whole stream."""
+        while self.read(CHUNK):
+            pass
+
+
+class HashingWriter(io.RawIOBase):
+    """Writes to *inner*, hashing and counting every byte (compressors write into this)."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        super().__init__()
+        self._inner = inner
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        n = len(data)
+        if n:
+            self.hash.update(data)
+            self.count += n
+            self._inner.write(data)
+        return n
+
+    def flush(self) -> None:
+        self._inner.flush()

@@ -1,0 +1,230 @@
+"""Unpacking OCI layer tars: as a new overlayfs lower layer, or onto an existing root.
+
+Two modes (see :class:`ApplyMode`). Both stream the blob once through the decompressor and
+``tarfile``'s stream mode, hashing the blob (``digest``) and the tar (``diff_id``) on the way
+and enforcing the byte and entry limits as bytes arrive.
+
+Failure leaves nothing behind in LAYER mode: the layer is built in a hidden sibling directory
+that is renamed to *dest* only on success and removed otherwise. In ROOTFS mode a seekable
+source is first read through once without writing (every entry checked, the compression and
+tar structure verified to the end, limits enforced), so a malformed, truncated or hostile
+layer changes nothing. What that pre-pass cannot see is the state of the tree: a failure during
+the writing pass (a symlink already in the tree where the layer needs a directory, a full
+disk, a permission error) leaves the entries before the failing one applied, and directory
+metadata not yet restored. Nothing outside *dest* is ever touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import io
+import os
+import secrets
+import shutil
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from layerfs import hostfs
+from layerfs.errors import LayerFormatError, oserror
+from layerfs.tar._entries import Entry, classify
+from layerfs.tar._extract import Extractor
+from layerfs.tar._streams import CHUNK, HashingReader, digest_of
+from layerfs.tar.compression import open_decompressed
+from layerfs.types import Digest
+from layerfs.whiteout import UpperFormat
+
+DEFAULT_MAX_BYTES = 64 << 30  # bytes of uncompressed tar
+DEFAULT_MAX_ENTRIES = 10_000_000
+
+
+class ApplyMode(enum.Enum):
+    """LAYER: a new overlayfs lower layer; ROOTFS: applied onto a tree, like ``umoci``."""
+
+    LAYER = "layer"
+    ROOTFS = "rootfs"
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How to apply a layer; the limits bound the uncompressed tar, checked while streaming."""
+
+    mode: ApplyMode = ApplyMode.LAYER
+    upper_format: UpperFormat = UpperFormat()  # noqa: RUF009 - frozen value
+    same_owner: bool = field(default_factory=_is_root)
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_entries: int = DEFAULT_MAX_ENTRIES
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What was applied: entry count, uncompressed size, diff_id and blob digest."""
+
+    entries: int
+    size: int
+    diff_id: Digest
+    digest: Digest
+
+
+_DAMAGED_HEADER: tuple[type[Exception], ...] = (
+    tarfile.InvalidHeaderError,  # type: ignore[attr-defined]
+    tarfile.TruncatedHeaderError,  # type: ignore[attr-defined]
+)
+_SUBSEQUENT_HEADER_ERROR: type[Exception] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """A ``TarInfo`` whose damaged headers are errors.
+
+    ``tarfile`` ends the archive quietly at a bad checksum or a truncated header after the
+    first member; a layer cut short must not look like a shorter, valid layer.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except _DAMAGED_HEADER as exc:
+            raise _SUBSEQUENT_HEADER_ERROR(str(exc)) from exc
+
+
+def apply_layer(
+    src: BinaryIO | os.PathLike[str] | str,
+    dest: os.PathLike[str] | str,
+    *,
+    options: ApplyOptions = ApplyOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> ApplyResult:
+    """Apply the layer blob *src* (a path or a binary stream) to *dest*.
+
+    LAYER mode creates *dest*, which must not exist (``FileExistsError``); ROOTFS mode
+    changes the existing directory *dest*. *progress* is called with the number of blob bytes
+    consumed since its previous call. Raises :class:`~layerfs.errors.UnsafeLayerError` for an
+    entry that would reach outside *dest*, :class:`~layerfs.errors.LayerFormatError` for
+    malformed input or a passed limit, and ``OSError`` for host failures.
+    """
+    with _opened(src) as stream:
+        if options.mode is ApplyMode.LAYER:
+            return _apply_new(stream, Path(dest), options, progress)
+        return _apply_onto(stream, Path(dest), options, progress)
+
+
+@contextlib.contextmanager
+def _opened(src: BinaryIO | os.PathLike[str] | str) -> Iterator[BinaryIO]:
+    if isinstance(src, (str, os.PathLike)):
+        with open(src, "rb", buffering=0) as f:
+            yield cast(BinaryIO, f)
+    else:
+        yield src
+
+
+def _apply_new(
+    src: BinaryIO, dest: Path, options: ApplyOptions, progress: Callable[[int], None] | None
+) -> ApplyResult:
+    if os.path.lexists(dest):
+        raise oserror(17, str(dest))  # EEXIST: a layer directory is never merged into
+    tmp = dest.parent / f".{dest.name}.partial-{secrets.token_hex(6)}"
+    os.mkdir(tmp, 0o700)
+    try:
+        root = hostfs.open_root(tmp)
+        try:
+            extractor = Extractor(
+                root,
+                rootfs=False,
+                upper_format=options.upper_format,
+                same_owner=options.same_owner,
+            )
+            try:
+                result = _run(src, extractor, options, progress)
+            finally:
+                extractor.close()
+        finally:
+            os.close(root)
+        if os.path.lexists(dest):
+            raise oserror(17, str(dest))
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _seekable(src: BinaryIO) -> bool:
+    try:
+        return src.seekable()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _apply_onto(
+    src: BinaryIO, dest: Path, options: ApplyOptions, progress: Callable[[int], None] | None
+) -> ApplyResult:
+    root = hostfs.open_root(dest)
+    try:
+        if _seekable(src):
+            start = src.tell()
+            _run(src, None, options, None)
+            src.seek(start)
+        extractor = Extractor(
+            root, rootfs=True, upper_format=options.upper_format, same_owner=options.same_owner
+        )
+        try:
+            return _run(src, extractor, options, progress)
+        finally:
+            extractor.close()
+    finally:
+        os.close(root)
+
+
+def _run(
+    src: BinaryIO,
+    extractor: Extractor | None,
+    options: ApplyOptions,
+    progress: Callable[[int], None] | None,
+) -> ApplyResult:
+    """Stream the whole blob once; with no *extractor* only check it (the ROOTFS pre-pass)."""
+    blob = HashingReader(src, progress=progress)
+    buffered = cast(BinaryIO, io.BufferedReader(blob, CHUNK))
+    tar_stream = HashingReader(
+        open_decompressed(buffered), limit=options.max_bytes, what="uncompressed layer"
+    )
+    entries = 0
+    try:
+        tf = tarfile.open(  # noqa: SIM115 - read member by member below
+            fileobj=cast(BinaryIO, tar_stream), mode="r|", bufsize=CHUNK, tarinfo=_StrictTarInfo
+        )
+        members = cast(list[tarfile.TarInfo], tf.members)  # type: ignore[attr-defined]
+        reader = cast(BinaryIO, tf.fileobj)
+        while (member := tf.next()) is not None:
+            entries += 1
+            if entries > options.max_entries:
+                raise LayerFormatError(
+                    f"layer has more than the limit of {options.max_entries} entries"
+                )
+            members.clear()  # stream mode keeps every member otherwise
+            entry = classify(member, options.max_bytes)
+            if extractor is not None:
+                _apply_entry(extractor, entry, member, reader)
+    except tarfile.TarError as exc:
+        raise LayerFormatError(f"malformed layer tar after {entries} entries: {exc}") from exc
+    tar_stream.drain()
+    while buffered.read(CHUNK):
+        pass
+    if extractor is not None:
+        extractor.finish()
+    return ApplyResult(entries, tar_stream.count, digest_of(tar_stream.hash), digest_of(blob.hash))
+
+
+def _apply_entry(
+    extractor: Extractor, entry: Entry, member: tarfile.TarInfo, reader: BinaryIO
+) -> None:
+    if reader.tell() != member.offset_data:
+        reader.seek(member.offset_data)
+    extractor.apply(entry, member, reader.read)
