@@ -1,0 +1,226 @@
+"""Start a mount in the background and report back only once it is usable, or why it is not.
+
+``layerfs mount`` forks a daemon that detaches (new session, stdio to ``/dev/null`` or a log
+file), mounts and then writes ``ready`` to a pipe the parent waits on; any failure before that
+point is written to the same pipe as one line, which the parent raises as an error. The daemon
+records its pid in a small file keyed by the mount point so ``layerfs umount`` can wait until
+it has really exited (and released the layers) before returning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import stat
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fuse_mount import mountinfo
+from layerfs.errors import ConfigError, LayerfsError
+
+if TYPE_CHECKING:
+    from fuse_mount.options import MountOptions
+    from layerfs import Stack
+
+log = logging.getLogger(__name__)
+
+READY = b"ready\n"
+FUSE_DEVICE = "/dev/fuse"
+LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class MountRequest:
+    """Everything ``layerfs mount`` and ``mount.fuse.layerfs`` were asked to do."""
+
+    mountpoint: Path
+    options: MountOptions
+    foreground: bool = False
+    debug: bool = False
+    log_file: Path | None = None
+
+
+class DaemonError(LayerfsError):
+    """The mount daemon failed before the mount was ready (its message says why)."""
+
+
+def check_mountpoint(mountpoint: Path) -> Path:
+    """Resolve *mountpoint* and refuse one that is missing, not a directory or already mounted."""
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise ConfigError(f"mount point does not exist: {mountpoint}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"mount point is not a directory: {mountpoint}")
+    resolved = Path(os.path.realpath(mountpoint))
+    if mountinfo.find(resolved) is not None:
+        raise ConfigError(f"mount point is already in use: {resolved}")
+    return resolved
+
+
+def check_fuse_device() -> None:
+    """Refuse early, with a clear message, when FUSE is not available here."""
+    if not os.path.exists(FUSE_DEVICE):
+        raise ConfigError(f"no {FUSE_DEVICE}: load the fuse module or pass the device in")
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        raise ConfigError(f"cannot open {FUSE_DEVICE}: permission denied")
+
+
+def start(request: MountRequest, stack: Stack) -> None:
+    """Serve *stack*: in this process with ``foreground``, else in a daemon once it is ready.
+
+    Returns (in the caller's process) once the mount is usable. Raises :class:`DaemonError`
+    with the daemon's one-line reason if it failed before that.
+    """
+    if request.foreground:
+        _serve(request, stack, ready_fd=None)
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the daemon, observed through the pipe
+        os.close(read_end)
+        os._exit(_daemon_main(request, stack, write_end))
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    if answer != READY:
+        message = answer.decode(errors="replace").strip()
+        raise DaemonError(message or "the mount daemon exited before the mount was ready")
+
+
+def _daemon_main(request: MountRequest, stack: Stack, ready_fd: int) -> int:
+    try:
+        os.setsid()
+        os.chdir("/")
+        _redirect_stdio(request.log_file)
+        _configure_logging(request.debug, to_stderr=True)
+        _serve(request, stack, ready_fd)
+        return 0
+    except BaseException as exc:
+        _report_failure(exc, ready_fd)
+        return 1
+
+
+def _serve(request: MountRequest, stack: Stack, ready_fd: int | None) -> None:
+    from fuse_mount.mount import serve  # pyfuse3 is needed only from here on
+
+    if request.foreground:
+        _configure_logging(request.debug, to_stderr=request.log_file is None, path=request.log_file)
+    pidfile = pidfile_path(request.mountpoint)
+
+    def on_ready() -> None:
+        write_pidfile(pidfile)
+        if ready_fd is not None:
+            os.write(ready_fd, READY)
+            os.close(ready_fd)
+
+    try:
+        with stack:
+            serve(stack, request.mountpoint, request.options, on_ready=on_ready)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+
+
+def _report_failure(exc: BaseException, ready_fd: int) -> None:
+    if isinstance(exc, (LayerfsError, OSError)):
+        message = str(exc) if isinstance(exc, LayerfsError) else _describe_oserror(exc)
+    else:
+        message = f"mount daemon failed: {exc!r}"
+        log.error("mount daemon failed\n%s", traceback.format_exc())
+    log.error("%s", message)
+    with contextlib.suppress(OSError):
+        os.write(ready_fd, message.encode(errors="replace") + b"\n")
+
+
+def _describe_oserror(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def _redirect_stdio(log_file: Path | None) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    out = null
+    if log_file is not None:
+        out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    for fd in {null, out}:
+        os.close(fd)
+
+
+def _configure_logging(debug: bool, *, to_stderr: bool, path: Path | None = None) -> None:
+    """Daemon logging goes to fd 2 (the log file or /dev/null); faulthandler writes there too."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if path is not None:
+        handler = logging.FileHandler(path)
+    elif to_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def runtime_dir() -> Path:
+    """Where pid files live: ``/run/layerfs`` for root, the user's runtime dir otherwise."""
+    if os.geteuid() == 0:
+        return Path("/run/layerfs")
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"layerfs-{os.geteuid()}"
+
+
+def pidfile_path(mountpoint: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:32]
+    return runtime_dir() / f"mount-{key}.pid"
+
+
+def write_pidfile(path: Path) -> None:
+    """Record ``<pid> <start time>`` so a reused pid is never mistaken for the daemon."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pid = os.getpid()
+    tmp = path.with_suffix(f".tmp{pid}")
+    tmp.write_text(f"{pid} {process_start_time(pid)}\n")
+    tmp.replace(path)
+
+
+def read_pidfile(path: Path) -> tuple[int, str] | None:
+    """``(pid, start time)`` if the file names a process that is still that daemon."""
+    try:
+        pid_text, start_text = path.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return (pid, start_text) if process_start_time(pid) == start_text else None
+
+
+def process_start_time(pid: int) -> str:
+    """Field 22 of ``/proc/<pid>/stat``; empty when the process is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
+
+
+def is_enotconn(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False

@@ -1,0 +1,92 @@
+"""Open file and open directory handles: the integers the kernel passes back to us.
+
+A directory handle holds the listing taken when the directory was opened; readdir offsets are
+indexes into that snapshot, so a listing stays consistent (no entry skipped or repeated) while
+the directory changes underneath it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from layerfs.errors import oserror
+
+if TYPE_CHECKING:
+    from layerfs import FileHandle
+    from layerfs.types import DirEntry
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """One ``open``/``create`` of inode *ino*; *lower_only* says the data cannot change."""
+
+    ino: int
+    handle: FileHandle
+    lower_only: bool = False
+
+
+@dataclass(slots=True)
+class OpenDir:
+    """One ``opendir`` of inode *ino* and the merged listing taken at that moment."""
+
+    ino: int
+    entries: list[DirEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class HandleStatistics:
+    open: int
+    opened_total: int
+
+
+T = TypeVar("T", OpenFile, OpenDir)
+
+
+class HandleTable(Generic[T]):
+    """Handle number -> open object. Numbers are never reused within one mount."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, T] = {}
+        self._next = 1
+        self._by_inode: dict[int, set[int]] = {}
+
+    def add(self, item: T) -> int:
+        fh = self._next
+        self._next += 1
+        self._open[fh] = item
+        self._by_inode.setdefault(item.ino, set()).add(fh)
+        return fh
+
+    def get(self, fh: int) -> T:
+        """The object of handle *fh*; ``EBADF`` for a handle that is not open."""
+        try:
+            return self._open[fh]
+        except KeyError:
+            raise oserror(errno.EBADF) from None
+
+    def pop(self, fh: int) -> T:
+        item = self.get(fh)
+        del self._open[fh]
+        handles = self._by_inode[item.ino]
+        handles.discard(fh)
+        if not handles:
+            del self._by_inode[item.ino]
+        return item
+
+    def of_inode(self, ino: int) -> Iterator[T]:
+        """The open objects of inode *ino* (e.g. to stat a file whose name is gone)."""
+        for fh in tuple(self._by_inode.get(ino, ())):
+            yield self._open[fh]
+
+    def drain(self) -> list[T]:
+        """Remove and return everything still open (at unmount)."""
+        items = list(self._open.values())
+        self._open.clear()
+        self._by_inode.clear()
+        return items
+
+    def statistics(self) -> HandleStatistics:
+        return HandleStatistics(open=len(self._open), opened_total=self._next - 1)

@@ -1,0 +1,112 @@
+"""One mount's life: mount the FUSE session, serve it under trio, unmount, release the stack.
+
+:func:`serve` blocks until the filesystem is unmounted from outside (``layerfs umount``,
+``fusermount3 -u``) or the process gets SIGTERM/SIGINT, in which case it ends the session loop
+with :func:`pyfuse3.terminate` and unmounts itself. A crash in the loop also unmounts, so a
+dead daemon does not leave a mount that answers ENOTCONN.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyfuse3
+import trio
+
+from fuse_mount.operations import Operations
+from layerfs.errors import LayerfsError
+
+if TYPE_CHECKING:
+    from fuse_mount.options import MountOptions
+    from layerfs import Stack
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class MountFailedError(LayerfsError):
+    """The kernel or libfuse refused the mount (the message says why, if libfuse said)."""
+
+
+def serve(
+    stack: Stack,
+    mountpoint: Path,
+    options: MountOptions,
+    *,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Mount *stack* on *mountpoint* and serve requests until unmounted or signalled.
+
+    *on_ready* runs once the kernel mount exists and the request loop is about to start.
+    Raises :class:`MountFailedError` if the mount itself fails.
+    """
+    faulthandler.enable()
+    operations = Operations(stack, timeouts=options.timeouts, threads=options.threads)
+    _init_session(operations, mountpoint, options)
+    log.info("mounted %s on %s", options.stack_option_string, mountpoint)
+    stopped_by_signal = True
+    try:
+        stopped_by_signal = trio.run(_main_loop, on_ready)
+    finally:
+        # After an outside unmount the session is already gone from the mount table;
+        # unmounting again could only hit something mounted there since.
+        pyfuse3.close(unmount=stopped_by_signal)
+        operations.shutdown()
+        log.info("unmounted %s", mountpoint)
+
+
+def _init_session(operations: Operations, mountpoint: Path, options: MountOptions) -> None:
+    with _captured_stderr() as captured:
+        try:
+            pyfuse3.init(operations, str(mountpoint), set(options.fuse_options))
+        except RuntimeError as exc:
+            detail = captured().strip().splitlines()
+            reason = detail[-1] if detail else str(exc)
+            raise MountFailedError(f"cannot mount {mountpoint}: {reason}") from None
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """Collect what libfuse writes to file descriptor 2, to turn it into one error line."""
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lambda: _read_all(capture.fileno())
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _read_all(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 1 << 16).decode(errors="replace")
+
+
+async def _main_loop(on_ready: Callable[[], None]) -> bool:
+    """Run the FUSE loop; return True if a signal (not an outside unmount) ended it."""
+    signalled = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, signalled)
+        on_ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+    return signalled.is_set()
+
+
+async def _stop_on_signal(signalled: trio.Event) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async for signum in signals:
+            log.info("got %s, unmounting", signal.Signals(signum).name)
+            signalled.set()
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,201 @@
+"""Mount options: split one ``-o`` list into what the stack, libfuse and the adapter each take.
+
+A layerfs mount accepts the option syntax of ``mount -t overlay`` (``lowerdir=A:B,upperdir=U,
+workdir=W``) mixed with FUSE options (``allow_other``, ``fsname=``) and the generic options
+mount(8) and /etc/fstab pass along (``rw``, ``noatime``, ``nofail``...). The stack options are
+handed to the core unparsed; this module only decides who owns each option, so no option is
+silently dropped unless it is on the ignore list below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fuse_mount.attrs import Timeouts
+from layerfs.errors import ConfigError
+
+# Passed to libfuse as they are: FUSE options and the generic flags libfuse turns into
+# mount(2) flags. libfuse itself adds nosuid,nodev unless suid / dev are given.
+FUSE_FLAGS = frozenset(
+    {
+        "allow_other",
+        "allow_root",
+        "auto_unmount",
+        "ro",
+        "rw",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "async",
+        "sync",
+        "dirsync",
+        "atime",
+        "noatime",
+        "nodiratime",
+    }
+)
+FUSE_VALUED = frozenset({"fsname", "subtype", "max_read", "blksize"})
+
+# Accepted and ignored: userspace-only fstab options and atime variants libfuse lacks.
+IGNORED_FLAGS = frozenset(
+    {
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "owner",
+        "group",
+        "nofail",
+        "_netdev",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "lazytime",
+        "nolazytime",
+        "diratime",
+        "loud",
+        "silent",
+        "iversion",
+        "noiversion",
+        "mand",
+        "nomand",
+        "default_permissions",  # always on
+    }
+)
+IGNORED_PREFIXES = ("x-", "X-", "comment=")
+
+# Options of the adapter itself (seconds; worker threads for data I/O).
+ADAPTER_VALUED = frozenset({"timeout", "lower_timeout", "threads"})
+
+DEFAULT_FSNAME = "layerfs"
+DEFAULT_THREADS = 8
+MAX_READ = 1 << 20  # bytes; the kernel's own cap for one FUSE read with max_pages
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    """What one mount was asked for, split by the party that consumes each option."""
+
+    stack_options: tuple[str, ...]
+    fuse_options: frozenset[str]
+    readonly: bool
+    timeouts: Timeouts
+    threads: int
+
+    @property
+    def stack_option_string(self) -> str:
+        """The overlay-style option string for :meth:`layerfs.Stack.from_mount_options`."""
+        return ",".join(self.stack_options)
+
+
+def split_option_list(text: str) -> list[str]:
+    """Split ``a,b=c\\,d`` at unescaped commas; escapes are kept for the consumer to read.
+
+    Backslash-escaped commas belong to a value (overlayfs accepts ``\\,`` and ``\\:`` in
+    layer paths), so they must survive until the stack parses its own options.
+    """
+    items: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return [item for item in items if item]
+
+
+def escape_option_value(value: str) -> str:
+    """Escape a host path for an overlay-style option value (``\\``, ``,`` and ``:``)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def parse_mount_options(items: list[str], *, fsname: str | None = None) -> MountOptions:
+    """Sort option *items* into stack, FUSE and adapter options.
+
+    Raises :class:`ConfigError` for a malformed adapter option; the stack validates its own.
+    """
+    stack: list[str] = []
+    fuse: set[str] = {"default_permissions"}
+    adapter: dict[str, str] = {}
+    valued = {
+        "fsname": fsname or DEFAULT_FSNAME,
+        "subtype": DEFAULT_FSNAME,
+        "max_read": str(MAX_READ),
+    }
+    for item in items:
+        key, _, value = item.partition("=")
+        if item in FUSE_FLAGS:
+            fuse.add(item)
+        elif key in FUSE_VALUED:
+            valued[key] = value
+        elif key in ADAPTER_VALUED:
+            adapter[key] = value
+        elif item in IGNORED_FLAGS or item.startswith(IGNORED_PREFIXES):
+            continue
+        else:
+            stack.append(item)
+    if "ro" in fuse:
+        fuse.discard("rw")
+    fuse.update(f"{key}={_fuse_value(key, value)}" for key, value in valued.items())
+    return MountOptions(
+        stack_options=tuple(stack),
+        fuse_options=frozenset(fuse),
+        readonly="ro" in fuse,
+        timeouts=_timeouts(adapter),
+        threads=_positive_int(adapter, "threads", DEFAULT_THREADS),
+    )
+
+
+def _fuse_value(key: str, value: str) -> str:
+    if not value:
+        raise ConfigError(f"mount option {key}= needs a value")
+    if "," in value:
+        raise ConfigError(f"mount option {key}= cannot contain a comma: {value!r}")
+    return value
+
+
+def _timeouts(adapter: dict[str, str]) -> Timeouts:
+    default = Timeouts()
+    return Timeouts(
+        upper=_seconds(adapter, "timeout", default.upper),
+        lower=_seconds(adapter, "lower_timeout", default.lower),
+    )
+
+
+def _seconds(adapter: dict[str, str], key: str, default: float) -> float:
+    if key not in adapter:
+        return default
+    try:
+        value = float(adapter[key])
+    except ValueError:
+        raise ConfigError(f"mount option {key}= needs a number of seconds") from None
+    if not value >= 0:
+        raise ConfigError(f"mount option {key}= cannot be negative")
+    return value
+
+
+def _positive_int(adapter: dict[str, str], key: str, default: int) -> int:
+    if key not in adapter:
+        return default
+    try:
+        value = int(adapter[key])
+    except ValueError:
+        raise ConfigError(f"mount option {key}= needs a whole number") from None
+    if value < 1:
+        raise ConfigError(f"mount option {key}= must be at least 1")
+    return value

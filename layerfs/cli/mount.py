@@ -1,0 +1,123 @@
+"""``layerfs mount`` and ``layerfs umount``: serve a stack through FUSE, and take it down.
+
+Arguments are checked here, before anything is forked, so a mistake (a missing lower, a work
+dir without an upper, a mount point already in use) is reported as one line by the parent
+process. The FUSE frontend is imported only when a command runs, so the rest of the CLI works
+without pyfuse3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from layerfs.errors import ConfigError
+
+
+@click.command("mount")
+@click.option("--lower", metavar="A:B:C", help="Lower layer directories, top-most first.")
+@click.option("--upper", metavar="DIR", help="Upper directory (omit for a read-only mount).")
+@click.option("--work", metavar="DIR", help="Work directory on the upper's filesystem.")
+@click.option(
+    "-o",
+    "options",
+    metavar="OPTS",
+    multiple=True,
+    help="Mount options: lowerdir=,upperdir=,workdir=, FUSE and generic options.",
+)
+@click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("--log", "log_file", metavar="FILE", help="Append the daemon's log to FILE.")
+@click.option("--debug", is_flag=True, help="Log every FUSE request.")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.pass_context
+def mount(
+    ctx: click.Context,
+    lower: str | None,
+    upper: str | None,
+    work: str | None,
+    options: tuple[str, ...],
+    foreground: bool,
+    log_file: str | None,
+    debug: bool,
+    mountpoint: Path,
+) -> None:
+    """Mount lower layers (and an upper) at MOUNTPOINT; returns once the mount is ready.
+
+    Without an upper directory the mount is read-only.
+    """
+    from fuse_mount.options import split_option_list
+
+    items = _layer_options(lower, upper, work)
+    for text in options:
+        items.extend(split_option_list(text))
+    debug = debug or bool(ctx.obj and ctx.obj.get("debug"))
+    mount_stack(
+        items,
+        mountpoint,
+        foreground=foreground,
+        debug=debug,
+        log_file=Path(log_file) if log_file else None,
+    )
+
+
+@click.command("umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Unmount MOUNTPOINT and wait until its daemon has exited."""
+    from fuse_mount.umount import unmount
+
+    unmount(mountpoint)
+
+
+def mount_stack(
+    items: list[str],
+    mountpoint: Path,
+    *,
+    fsname: str | None = None,
+    foreground: bool = False,
+    debug: bool = False,
+    log_file: Path | None = None,
+) -> None:
+    """Validate, assemble the stack and mount it; shared by ``layerfs mount`` and mount(8).
+
+    Raises :class:`~layerfs.errors.LayerfsError` (one line for the user) on any failure.
+    """
+    from fuse_mount import daemon
+    from fuse_mount.options import parse_mount_options
+    from layerfs import Stack
+
+    parsed = parse_mount_options(items, fsname=fsname)
+    daemon.check_fuse_device()
+    resolved = daemon.check_mountpoint(mountpoint)
+    stack = Stack.from_mount_options(parsed.stack_option_string)
+    if stack.readonly and not parsed.readonly:
+        parsed = parse_mount_options([*items, "ro"], fsname=fsname)
+    request = daemon.MountRequest(
+        mountpoint=resolved,
+        options=parsed,
+        foreground=foreground,
+        debug=debug,
+        log_file=log_file.absolute() if log_file else None,
+    )
+    daemon.start(request, stack)
+
+
+def _layer_options(lower: str | None, upper: str | None, work: str | None) -> list[str]:
+    """``--lower/--upper/--work`` as overlay-style options (lower keeps its ':' separators)."""
+    from fuse_mount.options import escape_option_value
+
+    if lower is None and (upper is not None or work is not None):
+        raise ConfigError("--upper and --work need --lower")
+    items = []
+    if lower is not None:
+        layers = [escape_option_value(path) for path in lower.split(":")]
+        items.append("lowerdir=" + ":".join(layers))
+    if upper is not None:
+        items.append("upperdir=" + escape_option_value(upper))
+    if work is not None:
+        items.append("workdir=" + escape_option_value(work))
+    return items
+
+
+COMMANDS = [mount, umount]

@@ -1,0 +1,74 @@
+"""``mount.fuse.layerfs``: the helper mount(8) runs for ``-t fuse.layerfs`` and fstab lines.
+
+util-linux calls ``/sbin/mount.fuse.layerfs SOURCE MOUNTPOINT [-s] [-n] [-v] [-f] [-o OPTS]``
+(options gathered from the command line or the fstab line, ``defaults`` and ``noauto``
+already removed). SOURCE becomes the mount's ``fsname``; everything else takes the same path
+as ``layerfs mount``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from layerfs.errors import LayerfsError
+
+PROG = "mount.fuse.layerfs"
+USAGE = f"usage: {PROG} SOURCE MOUNTPOINT [-fnsv] [-o OPTIONS]"
+# mount(8) may pass these; none changes what layerfs does.
+IGNORED_FLAGS = frozenset("nsv")
+
+
+class UsageError(Exception):
+    """The helper was called with arguments mount(8) would not pass."""
+
+
+def parse_args(argv: list[str]) -> tuple[str, Path, list[str], bool]:
+    """``(source, mountpoint, option items, fake)`` from a mount(8) helper command line."""
+    from fuse_mount.options import split_option_list
+
+    positional: list[str] = []
+    items: list[str] = []
+    fake = False
+    args = iter(argv)
+    for arg in args:
+        if arg == "-o":
+            items.extend(split_option_list(next(args, "")))
+        elif arg.startswith("-o"):
+            items.extend(split_option_list(arg[2:]))
+        elif arg == "-t":
+            next(args, None)  # the type is fuse.layerfs, by construction
+        elif arg.startswith("-") and len(arg) > 1:
+            for flag in arg[1:]:
+                if flag == "f":
+                    fake = True
+                elif flag not in IGNORED_FLAGS:
+                    raise UsageError(f"unknown option -{flag}")
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise UsageError(USAGE)
+    return positional[0], Path(positional[1]), items, fake
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exit 0 once mounted, 1 with a one-line message otherwise."""
+    from layerfs.cli.mount import mount_stack
+
+    try:
+        source, mountpoint, items, fake = parse_args(sys.argv[1:] if argv is None else argv)
+        if not fake:
+            mount_stack(items, mountpoint, fsname=source)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (LayerfsError, OSError) as exc:
+        print(f"{PROG}: {_describe(exc)}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
