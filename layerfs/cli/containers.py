@@ -1,0 +1,93 @@
+"""``layerfs create|ps|rm|diff|commit``: containers of the image store.
+
+A container is a writable upper and workdir over an image's layers; ``layerfs mount
+CONTAINER MNT`` mounts it. These commands only manage the store side.
+"""
+
+from __future__ import annotations
+
+import click
+
+from layerfs.cli.images import (
+    COMPRESSIONS,
+    compression_option,
+    echo_json,
+    format_option,
+    open_store,
+    progress_bar,
+    root_option,
+)
+
+_KIND_LETTER = {"ADDED": "A", "CHANGED": "C", "DELETED": "D"}
+
+
+@click.command("create")
+@root_option
+@click.option("--name", default=None, help="Container name (default: c-<short id>).")
+@click.argument("image")
+def create_cmd(root: str | None, name: str | None, image: str) -> None:
+    """Create a container over IMAGE and print its id."""
+    store = open_store(root)
+    with progress_bar() as progress:
+        container = store.create_container(image, name, progress)
+    click.echo(container.id)
+
+
+@click.command("ps")
+@root_option
+@format_option
+def ps_cmd(root: str | None, output: str) -> None:
+    """List containers."""
+    containers = open_store(root).containers()
+    if output == "json":
+        echo_json([{**c.to_json(), "path": str(c.path)} for c in containers])
+        return
+    click.echo(f"{'CONTAINER ID':<12}  {'NAME':<24} {'IMAGE':<40} CREATED")
+    for c in containers:
+        image = c.image_ref or c.image.split(":", 1)[1][:12]
+        created = c.created[:19].replace("T", " ")
+        click.echo(f"{c.short_id:<12}  {c.name:<24} {image:<40} {created}")
+
+
+@click.command("rm")
+@root_option
+@click.argument("containers", nargs=-1, required=True, metavar="CONTAINER...")
+def rm_cmd(root: str | None, containers: tuple[str, ...]) -> None:
+    """Remove containers (their upper and workdir are deleted)."""
+    store = open_store(root)
+    for name in containers:
+        click.echo(store.remove_container(name).name)
+
+
+@click.command("diff")
+@root_option
+@click.argument("container")
+def diff_cmd(root: str | None, container: str) -> None:
+    """List what CONTAINER changed: 'A /path' added, 'C /path' changed, 'D /path' deleted."""
+    for change in open_store(root).diff(container):
+        click.echo(f"{_KIND_LETTER[change.kind.name]} {change.path}")
+
+
+@click.command("commit")
+@root_option
+@compression_option
+@click.option("--message", "-m", default=None, help="Comment recorded in the image history.")
+@click.argument("container")
+@click.argument("new_ref", metavar="NAME[:TAG]")
+def commit_cmd(
+    root: str | None, compression: str, message: str | None, container: str, new_ref: str
+) -> None:
+    """Make an image from CONTAINER: its image plus a layer holding its changes."""
+    store = open_store(root)
+    with progress_bar() as progress:
+        image = store.commit(
+            container,
+            new_ref,
+            compression=COMPRESSIONS[compression],
+            message=message,
+            progress=progress,
+        )
+    click.echo(image.digest)
+
+
+COMMANDS = [create_cmd, ps_cmd, rm_cmd, diff_cmd, commit_cmd]

@@ -1,0 +1,253 @@
+"""``layerfs images|tag|rmi|inspect|import|export|unpack|squash``: the image store commands.
+
+Each command checks its arguments, opens the store (``--root``, ``$LAYERFS_ROOT`` or the
+default root) and delegates to one :class:`~layerfs.store.store.Store` method. Long operations
+draw a progress bar on stderr when it is a terminal, and nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from layerfs.store.images import Image
+from layerfs.store.store import ROOT_ENV, Store
+from layerfs.tar import Compression
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+COMPRESSIONS = {"zstd": Compression.ZSTD, "gzip": Compression.GZIP}
+
+
+def root_option(func: F) -> F:
+    """``--root DIR`` (or ``$LAYERFS_ROOT``): which store to use."""
+    return click.option(
+        "--root",
+        type=click.Path(file_okay=False),
+        envvar=ROOT_ENV,
+        default=None,
+        help=f"Store root (default: ${ROOT_ENV}, /var/lib/layerfs as root, "
+        "~/.local/share/layerfs otherwise).",
+    )(func)
+
+
+def format_option(func: F) -> F:
+    """``--format table|json`` for listing commands."""
+    return click.option(
+        "--format",
+        "output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(func)
+
+
+def compression_option(func: F) -> F:
+    return click.option(
+        "--compression",
+        type=click.Choice(sorted(COMPRESSIONS)),
+        default="zstd",
+        show_default=True,
+        help="Compression of the new layer.",
+    )(func)
+
+
+def open_store(root: str | None) -> Store:
+    return Store.open(root)
+
+
+class BarProgress:
+    """Adapts a rich progress bar to the store's ``phase``/``advance`` progress protocol."""
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._task: TaskID | None = None
+
+    def phase(self, description: str, total: int | None) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, visible=False)
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, amount)
+
+
+@contextmanager
+def progress_bar() -> Iterator[BarProgress]:
+    """A progress bar on stderr; disabled (silent) unless stderr is a terminal."""
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    with bar:
+        yield BarProgress(bar)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{size}B"
+
+
+def _rows(images: list[Image]) -> list[dict[str, Any]]:
+    rows = []
+    for image in images:
+        for name in image.names or ("<none>:<none>",):
+            repo, _, tag = name.rpartition(":")
+            rows.append(
+                {
+                    "repository": repo,
+                    "tag": tag,
+                    "id": image.digest,
+                    "created": image.created,
+                    "size": image.size,
+                }
+            )
+    return rows
+
+
+@click.command("images")
+@root_option
+@format_option
+def images_cmd(root: str | None, output: str) -> None:
+    """List images: one line per tag (untagged images show <none>)."""
+    rows = _rows(open_store(root).images())
+    if output == "json":
+        echo_json(rows)
+        return
+    click.echo(f"{'REPOSITORY':<40} {'TAG':<20} {'IMAGE ID':<12}  {'CREATED':<20} SIZE")
+    for row in rows:
+        created = (row["created"] or "")[:19].replace("T", " ")
+        short = row["id"].split(":", 1)[1][:12]
+        size = human_size(row["size"])
+        click.echo(f"{row['repository']:<40} {row['tag']:<20} {short:<12}  {created:<20} {size}")
+
+
+@click.command("tag")
+@root_option
+@click.argument("src")
+@click.argument("dst")
+def tag_cmd(root: str | None, src: str, dst: str) -> None:
+    """Name the image SRC also DST (NAME[:TAG])."""
+    open_store(root).tag(src, dst)
+
+
+@click.command("rmi")
+@root_option
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+def rmi_cmd(root: str | None, refs: tuple[str, ...]) -> None:
+    """Remove image tags (or, by id or digest, images); unused blobs and layers are deleted."""
+    store = open_store(root)
+    for ref in refs:
+        result = store.remove_image(ref)
+        for name in result.untagged:
+            click.echo(f"Untagged: {name}")
+        for digest in result.removed:
+            click.echo(f"Deleted: {digest}")
+
+
+@click.command("inspect")
+@root_option
+@click.argument("ref")
+def inspect_cmd(root: str | None, ref: str) -> None:
+    """Show an image's id, tags, manifest and config as JSON."""
+    echo_json(open_store(root).inspect(ref))
+
+
+@click.command("import")
+@root_option
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("ref", required=False)
+def import_cmd(root: str | None, path: str, ref: str | None) -> None:
+    """Import an OCI image layout (dir or tar) or a docker-archive (docker save) tarball.
+
+    REF tags the imported image; without it the names the source carries are used.
+    """
+    store = open_store(root)
+    with progress_bar() as progress:
+        imported = store.import_path(path, ref, progress)
+    for image in imported:
+        click.echo(f"{image.digest} {' '.join(image.names)}".rstrip())
+
+
+@click.command("export")
+@root_option
+@click.argument("ref")
+@click.argument("dest", type=click.Path())
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["oci", "docker-archive"]),
+    default="oci",
+    show_default=True,
+    help="oci: an OCI image layout directory; docker-archive: a tarball for docker load.",
+)
+def export_cmd(root: str | None, ref: str, dest: str, fmt: str) -> None:
+    """Export image REF to DEST."""
+    store = open_store(root)
+    with progress_bar() as progress:
+        store.export(ref, dest, "oci" if fmt == "oci" else "docker-archive", progress)
+
+
+@click.command("unpack")
+@root_option
+@click.argument("ref")
+@click.argument("directory", type=click.Path(file_okay=False))
+def unpack_cmd(root: str | None, ref: str, directory: str) -> None:
+    """Write the flattened root filesystem of REF into DIRECTORY."""
+    store = open_store(root)
+    with progress_bar() as progress:
+        store.unpack(ref, directory, progress)
+
+
+@click.command("squash")
+@root_option
+@compression_option
+@click.argument("ref")
+@click.argument("new_ref", metavar="NEWREF")
+def squash_cmd(root: str | None, compression: str, ref: str, new_ref: str) -> None:
+    """Make NEWREF: a single-layer image with the flattened content of REF."""
+    store = open_store(root)
+    with progress_bar() as progress:
+        image = store.squash(ref, new_ref, compression=COMPRESSIONS[compression], progress=progress)
+    click.echo(image.digest)
+
+
+COMMANDS = [
+    images_cmd,
+    tag_cmd,
+    rmi_cmd,
+    inspect_cmd,
+    import_cmd,
+    export_cmd,
+    unpack_cmd,
+    squash_cmd,
+]

@@ -1,0 +1,498 @@
+"""The :class:`Store` facade: images, tags, containers, import/export, commit and gc.
+
+Every method that writes holds the store's write lock (``ROOT/lock``) for its whole duration;
+methods that only read take no lock. Blobs and unpacked layers are staged in ``ROOT/tmp`` and
+renamed into place complete; ``index.json`` is replaced atomically and only after the blobs
+it points to are stored. So a writer killed at any moment leaves the store as it was before the
+operation, plus garbage in ``tmp/`` that the next :meth:`Store.open` sweeps away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from layerfs.errors import DigestMismatchError, NotFoundError, StoreError
+from layerfs.store import archive, gc
+from layerfs.store.blobs import fsync_dir
+from layerfs.store.containers import Container, ContainerStore
+from layerfs.store.images import (
+    Image,
+    config_squashed,
+    config_with_layer,
+    digest_of_name,
+    load_image,
+    names_by_digest,
+    new_manifest,
+    with_tag,
+    with_untagged,
+    without_digest,
+    without_tag,
+)
+from layerfs.store.layout import ImageLayout
+from layerfs.store.lock import StoreLock
+from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
+from layerfs.store.progress import NoProgress, Progress
+from layerfs.store.refs import (
+    BadReferenceError,
+    Reference,
+    parse_reference,
+    parse_tagged,
+    short_id_prefix,
+)
+from layerfs.store.sources import open_source
+from layerfs.tar import (
+    ApplyMode,
+    ApplyOptions,
+    ApplyResult,
+    Change,
+    Compression,
+    CreateOptions,
+    apply_layer,
+    create_layer,
+    diff_changes,
+)
+from layerfs.types import Digest
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "LAYERFS_ROOT"
+SYSTEM_ROOT = Path("/var/lib/layerfs")
+ZSTD_LEVEL = 3
+ExportFormat = Literal["oci", "docker-archive"]
+
+
+def default_root() -> Path:
+    """``$LAYERFS_ROOT``; else ``/var/lib/layerfs`` for root, ``~/.local/share/layerfs`` else.
+
+    ``$XDG_DATA_HOME`` replaces ``~/.local/share`` when set.
+    """
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return SYSTEM_ROOT
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "layerfs"
+
+
+class MountSpec(NamedTuple):
+    """What to stack for an image (read-only: no upper) or a container (read-write)."""
+
+    lowers: list[Path]
+    upper: Path | None
+    work: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveResult:
+    """What :meth:`Store.remove_image` did: the names removed and what gc freed."""
+
+    untagged: tuple[str, ...]
+    removed: tuple[Digest, ...]
+    gc: gc.GcResult
+
+
+class Store:
+    """An image store rooted at one directory. Open with :meth:`Store.open`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout = ImageLayout(root)
+        self.blobs = self.layout.blobs
+        self._containers = ContainerStore(self.layout.containers_dir, self.layout.tmp_dir)
+        self._lock = StoreLock(self.layout.lock_file)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None) -> Store:
+        """Open (creating if needed) the store at *root* or :func:`default_root`.
+
+        If no other process is writing, leftovers of an interrupted writer in ``tmp/`` are
+        deleted now.
+        """
+        path = Path(root) if root is not None else default_root()
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path)
+        if store.layout.index_file.exists() and store.layout.tmp_dir.is_dir():
+            if store._lock.try_acquire():
+                try:
+                    store.layout.ensure()
+                    store.layout.sweep_tmp()
+                finally:
+                    store._lock.release()
+        else:
+            with store._lock.held():
+                store.layout.ensure()
+                store.layout.sweep_tmp()
+        return store
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write lock (re-entrant) for a sequence of changes."""
+        with self._lock.held():
+            yield
+
+    # -- images ----------------------------------------------------------------------------
+
+    def images(self) -> list[Image]:
+        """Every image in ``index.json`` (tagged or not), sorted by first name, then id."""
+        found = [
+            load_image(self.blobs, digest, names)
+            for digest, names in names_by_digest(self.layout.read_index()).items()
+        ]
+        return sorted(found, key=lambda im: (not im.names, im.names[:1], im.digest))
+
+    def resolve(self, ref: str | Reference) -> Image:
+        """The image *ref* names: ``name[:tag]``, ``name@sha256:<hex>``, or an id prefix.
+
+        A bare hex string is first tried as ``NAME:latest``, then as a prefix (4 or more hex
+        digits, optionally after ``sha256:``) of an image id (manifest digest). Raises
+        :class:`NotFoundError`, :class:`BadReferenceError`, or :class:`StoreError` when a
+        prefix is ambiguous.
+        """
+        return self._image(self._resolve_digest(ref))
+
+    def _resolve_digest(self, ref: str | Reference) -> Digest:
+        index = self.layout.read_index()
+        text = str(ref)
+        parsed: Reference | None = ref if isinstance(ref, Reference) else None
+        if parsed is None:
+            with contextlib.suppress(BadReferenceError):
+                parsed = parse_reference(text)
+        if parsed is not None and parsed.digest is not None:
+            if not self.blobs.exists(parsed.digest):
+                raise NotFoundError(f"no such image: {text}")
+            return parsed.digest
+        if parsed is not None:
+            found = digest_of_name(index, parsed.tagged)
+            if found is not None:
+                return found
+        prefix = short_id_prefix(text)
+        if prefix is not None:
+            matches = sorted({d for d in names_by_digest(index) if d[7:].startswith(prefix)})
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise StoreError(f"image id prefix {text!r} is ambiguous")
+        if parsed is None and prefix is None:
+            raise BadReferenceError(f"invalid image reference {text!r}")
+        raise NotFoundError(f"no such image: {text}")
+
+    def _image(self, digest: Digest) -> Image:
+        names = names_by_digest(self.layout.read_index()).get(digest, [])
+        return load_image(self.blobs, digest, names)
+
+    def inspect(self, ref: str | Reference) -> dict[str, Any]:
+        """Id, names, manifest and config of an image, as one JSON-ready dict."""
+        image = self.resolve(ref)
+        return {
+            "Id": image.digest,
+            "RepoTags": list(image.names),
+            "Manifest": json.loads(self.blobs.get(image.digest)),
+            "Config": dict(image.config),
+        }
+
+    def tag(self, src: str | Reference, dst: str) -> Image:
+        """Point the tag *dst* (``name[:tag]``) at the image *src* names."""
+        with self.writing():
+            image = self.resolve(src)
+            self._set_tag(image.descriptor, parse_tagged(dst).tagged)
+            return self._image(image.digest)
+
+    def _set_tag(self, desc: Descriptor, tagged: str) -> None:
+        self.layout.write_index(with_tag(self.layout.read_index(), desc, tagged))
+
+    def remove_image(self, ref: str | Reference) -> RemoveResult:
+        """Remove a tag (``name:tag``) or, by digest or id, every tag of an image; then gc.
+
+        Blobs and unpacked layers still used by another tag or by a container are kept.
+        """
+        with self.writing():
+            digest = self._resolve_digest(ref)
+            index = self.layout.read_index()
+            parsed = _try_parse(str(ref)) if not isinstance(ref, Reference) else ref
+            by_name = parsed is not None and parsed.digest is None
+            if by_name and parsed is not None and digest_of_name(index, parsed.tagged) == digest:
+                untagged: tuple[str, ...] = (parsed.tagged,)
+                self.layout.write_index(without_tag(index, parsed.tagged))
+            else:
+                untagged = tuple(names_by_digest(index).get(digest, []))
+                self.layout.write_index(without_digest(index, digest))
+            still = digest in names_by_digest(self.layout.read_index())
+            return RemoveResult(untagged, () if still else (digest,), self.gc())
+
+    def gc(self) -> gc.GcResult:
+        """Delete blobs and unpacked layers no image in the index and no container uses."""
+        with self.writing():
+            return gc.collect(self.layout, self._containers.list())
+
+    # -- layers ----------------------------------------------------------------------------
+
+    def layer_dirs(self, image: Image, progress: Progress | None = None) -> list[Path]:
+        """The image's unpacked layer directories, **top-most first**, unpacking missing ones.
+
+        Each layer is unpacked once per store (``layers/<diff_id hex>``) and shared.
+        """
+        dirs = [
+            self._ensure_layer(desc, diff_id, progress or NoProgress())
+            for desc, diff_id in zip(image.layers, image.diff_ids, strict=True)
+        ]
+        return dirs[::-1]
+
+    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress) -> Path:
+        target = self.layout.layer_dir(diff_id)
+        if target.is_dir():
+            return target
+        with self.writing():
+            if target.is_dir():  # another process unpacked it while we waited for the lock
+                return target
+            progress.phase(f"unpacking {diff_id[7:19]}", desc.size)
+            with self._staging("layer-") as staging:
+                result = apply_layer(
+                    self.blobs.path(desc.digest),
+                    staging / "layer",
+                    options=ApplyOptions(mode=ApplyMode.LAYER),
+                    progress=progress.advance,
+                )
+                _check_applied(desc, diff_id, result)
+                os.rename(staging / "layer", target)
+                fsync_dir(self.layout.layers_dir)
+            return target
+
+    @contextlib.contextmanager
+    def _staging(self, prefix: str) -> Iterator[Path]:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.layout.tmp_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def unpack(
+        self, ref: str | Reference, dest: str | os.PathLike[str], progress: Progress | None = None
+    ) -> Image:
+        """Write the image's flattened root filesystem into *dest* (created if missing).
+
+        Layers are applied bottom-up in ROOTFS mode: whiteouts delete, as ``umoci raw unpack``.
+        """
+        image = self.resolve(ref)
+        target = Path(dest)
+        target.mkdir(parents=True, exist_ok=True)
+        report = progress or NoProgress()
+        for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
+            report.phase(f"applying {diff_id[7:19]}", desc.size)
+            result = apply_layer(
+                self.blobs.path(desc.digest),
+                target,
+                options=ApplyOptions(mode=ApplyMode.ROOTFS),
+                progress=report.advance,
+            )
+            _check_applied(desc, diff_id, result)
+        return image
+
+    # -- import / export -------------------------------------------------------------------
+
+    def import_path(
+        self, path: str | os.PathLike[str], ref: str | None = None, progress: Progress | None = None
+    ) -> list[Image]:
+        """Import an OCI image layout (directory or tarball) or a ``docker save`` tarball.
+
+        The format is detected. With *ref* the (single) imported image is tagged *ref* instead
+        of the names the source gives.
+        """
+        source_path = Path(path)
+        report = progress or NoProgress()
+        with self.writing():
+            new_tag = parse_tagged(ref).tagged if ref is not None else None
+            with open_source(source_path, self.layout.tmp_dir) as source:
+                report.phase(f"importing {source_path.name}", None)
+                imported = archive.import_source(self.blobs, source, report.advance)
+            if new_tag is not None and len(imported) != 1:
+                raise StoreError(f"{source_path}: holds {len(imported)} images; a REF needs one")
+            index = self.layout.read_index()
+            for item in imported:
+                names = (new_tag,) if new_tag is not None else item.names
+                for name in names:
+                    index = with_tag(index, item.descriptor, name)
+                if not names:
+                    index = with_untagged(index, item.descriptor)
+            self.layout.write_index(index)
+            return [self._image(item.descriptor.digest) for item in imported]
+
+    def export(
+        self,
+        ref: str | Reference,
+        dest: str | os.PathLike[str],
+        format: ExportFormat = "oci",
+        progress: Progress | None = None,
+    ) -> Image:
+        """Export an image to an OCI image layout directory or a docker-archive tarball.
+
+        The image keeps the tag *ref* names (or all its tags when *ref* is a digest or id).
+        """
+        image = self.resolve(ref)
+        parsed = _try_parse(str(ref))
+        names = (
+            [parsed.tagged]
+            if parsed and parsed.digest is None and parsed.tagged in image.names
+            else list(image.names)
+        )
+        target = Path(dest)
+        (progress or NoProgress()).phase(f"exporting {image.short_id}", image.size)
+        if format == "oci":
+            archive.export_oci(self.blobs, image, names, target)
+        elif format == "docker-archive":
+            with self.writing():
+                archive.export_docker_archive(self.blobs, image, names, target, self.layout.tmp_dir)
+        else:
+            raise StoreError(f"unknown export format {format!r}")
+        return image
+
+    # -- new images ------------------------------------------------------------------------
+
+    def _store_image(
+        self, base: Image, config: dict[str, Any], layers: Sequence[Descriptor]
+    ) -> Descriptor:
+        config_info = self.blobs.put_bytes(canonical_json(config))
+        config_desc = Descriptor(OCI_CONFIG, config_info.digest, config_info.size)
+        manifest = new_manifest(base.manifest, config_desc, layers)
+        info = self.blobs.put_bytes(manifest.to_bytes())
+        return Descriptor(manifest.media_type, info.digest, info.size)
+
+    def _write_layer(
+        self, upper: Path, lowers: Sequence[Path], compression: Compression, progress: Progress
+    ) -> tuple[Descriptor, Digest]:
+        fd, name = tempfile.mkstemp(prefix="new-layer-", dir=self.layout.tmp_dir)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                created = create_layer(
+                    upper,
+                    out,
+                    lowers=tuple(lowers),
+                    options=CreateOptions(compression=compression, level=ZSTD_LEVEL),
+                    progress=progress.advance,
+                )
+                out.flush()
+                os.fsync(out.fileno())
+            info = self.blobs.adopt(path, created.digest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return Descriptor(created.media_type, info.digest, info.size), created.diff_id
+
+    def commit(
+        self,
+        container: str | Container,
+        new_ref: str,
+        *,
+        compression: Compression = Compression.ZSTD,
+        message: str | None = None,
+        progress: Progress | None = None,
+    ) -> Image:
+        """A new image: the container's image plus one layer made from its upper, tagged *new_ref*.
+
+        The config gets the layer's diff_id appended to ``rootfs.diff_ids`` and a history
+        entry (``comment`` = *message*). Commit a container that is not being written to.
+        """
+        report = progress or NoProgress()
+        with self.writing():
+            box = container if isinstance(container, Container) else self.container(container)
+            tagged = parse_tagged(new_ref).tagged
+            base = self._image(box.image)
+            lowers = self.layer_dirs(base, report)
+            report.phase(f"committing {box.name}", None)
+            layer, diff_id = self._write_layer(box.upper, lowers, compression, report)
+            config = config_with_layer(
+                base.config, diff_id, created_by=f"layerfs commit {box.name}", comment=message
+            )
+            desc = self._store_image(base, config, [*base.layers, layer])
+            self._set_tag(desc, tagged)
+            return self._image(desc.digest)
+
+    def squash(
+        self,
+        ref: str | Reference,
+        new_ref: str,
+        *,
+        compression: Compression = Compression.ZSTD,
+        progress: Progress | None = None,
+    ) -> Image:
+        """A new single-layer image with the flattened content of *ref*, tagged *new_ref*."""
+        report = progress or NoProgress()
+        with self.writing():
+            tagged = parse_tagged(new_ref).tagged
+            with self._staging("squash-") as staging:
+                base = self.unpack(ref, staging / "rootfs", report)
+                report.phase(f"squashing {base.short_id}", None)
+                layer, diff_id = self._write_layer(staging / "rootfs", (), compression, report)
+            config = config_squashed(base.config, diff_id, created_by=f"layerfs squash {ref}")
+            desc = self._store_image(base, config, [layer])
+            self._set_tag(desc, tagged)
+            return self._image(desc.digest)
+
+    # -- containers ------------------------------------------------------------------------
+
+    def containers(self) -> list[Container]:
+        """Every container, oldest first."""
+        return self._containers.list()
+
+    def container(self, name_or_id: str) -> Container:
+        """A container by name, id or unique id prefix."""
+        return self._containers.get(name_or_id)
+
+    def create_container(
+        self, image_ref: str | Reference, name: str | None = None, progress: Progress | None = None
+    ) -> Container:
+        """A new container over the image: empty upper and workdir, its layers unpacked."""
+        with self.writing():
+            image = self.resolve(image_ref)
+            self.layer_dirs(image, progress)
+            ref_text = str(image_ref) if _try_parse(str(image_ref)) else None
+            return self._containers.create(image.digest, ref_text, image.diff_ids, name)
+
+    def remove_container(self, name_or_id: str) -> Container:
+        """Delete a container's upper, workdir and record; then gc what only it kept."""
+        with self.writing():
+            box = self.container(name_or_id)
+            self._containers.remove(box)
+            self.gc()
+            return box
+
+    def diff(self, container: str | Container) -> list[Change]:
+        """What the container changed relative to its image (added, changed, deleted paths)."""
+        box = container if isinstance(container, Container) else self.container(container)
+        lowers = self.layer_dirs(self._image(box.image))
+        return diff_changes(box.upper, lowers)
+
+    def mount_spec(self, name: str) -> MountSpec:
+        """Lowers/upper/work for a container (by name or id) or, failing that, an image ref."""
+        with contextlib.suppress(NotFoundError):
+            box = self.container(name)
+            lowers = self.layer_dirs(self._image(box.image))
+            return MountSpec(lowers, box.upper, box.work)
+        return MountSpec(self.layer_dirs(self.resolve(name)), None, None)
+
+
+def _try_parse(text: str) -> Reference | None:
+    try:
+        return parse_reference(text)
+    except BadReferenceError:
+        return None
+
+
+def _check_applied(desc: Descriptor, diff_id: Digest, result: ApplyResult) -> None:
+    """The blob must still hash to its name and its tar to the config's ``diff_id``."""
+    if result.digest != desc.digest:
+        raise DigestMismatchError(f"blob {desc.digest} hashes to {result.digest} on disk")
+    if result.diff_id != diff_id:
+        raise DigestMismatchError(
+            f"layer {desc.digest} unpacks to {result.diff_id}, config says {diff_id}"
+        )
