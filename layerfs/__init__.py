@@ -1,5 +1,54 @@
-"""layerfs: a layered (union) filesystem for container images, with overlayfs semantics."""
+"""layerfs: a layered (union) filesystem for container images, with overlayfs semantics.
+
+The public API is re-exported here by explicit name; ``tests/unit/test_api.py`` pins the list.
+"""
 
 from __future__ import annotations
 
+from layerfs.errors import (
+    BadReferenceError,
+    ConfigError,
+    DigestMismatchError,
+    LayerFormatError,
+    LayerfsError,
+    NotFoundError,
+    RegistryError,
+    StoreError,
+    UnsafeLayerError,
+)
+from layerfs.handle import FileHandle
+from layerfs.node import Node
+from layerfs.options import StackOptions, StackSpec, parse_mount_options
+from layerfs.stack import RENAME_EXCHANGE, RENAME_NOREPLACE, Stack
+from layerfs.types import DirEntry, FileKind, Stat, StatFs
+from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
+    "BadReferenceError",
+    "ConfigError",
+    "DigestMismatchError",
+    "DirEntry",
+    "FileHandle",
+    "FileKind",
+    "LayerFormatError",
+    "LayerfsError",
+    "Node",
+    "NotFoundError",
+    "RegistryError",
+    "Stack",
+    "StackOptions",
+    "StackSpec",
+    "Stat",
+    "StatFs",
+    "StoreError",
+    "UnsafeLayerError",
+    "UpperFormat",
+    "WhiteoutStyle",
+    "XattrNamespace",
+    "__version__",
+    "parse_mount_options",
+]

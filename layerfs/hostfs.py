@@ -37,9 +37,7 @@ _openat2_works: bool | None = None
 
 
 def _openat2(dirfd: int, path: str, flags: int) -> int:
-    how = _OpenHow(
-        flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
-    )
+    how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
     fd = _libc.syscall(
         _SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)
     )
@@ -200,3 +198,43 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
         if n == 0:
             break  # the source shrank under us; the caller's size was an upper bound
         offset += n
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+_renameat2.restype = ctypes.c_int
+
+
+def rename_at(src_dirfd: int, src: str, dst_dirfd: int, dst: str, flags: int = 0) -> None:
+    """``renameat2``: flags RENAME_NOREPLACE, RENAME_EXCHANGE or RENAME_WHITEOUT."""
+    if flags == 0:
+        os.rename(src, dst, src_dir_fd=src_dirfd, dst_dir_fd=dst_dirfd)
+        return
+    if _renameat2(src_dirfd, os.fsencode(src), dst_dirfd, os.fsencode(dst), flags) != 0:
+        raise oserror(ctypes.get_errno(), src, dst)
+
+
+def make_whiteout(dirfd: int, name: str) -> None:
+    """Create an overlayfs whiteout (character device 0/0, mode 0) named *name*."""
+    os.mknod(name, stat.S_IFCHR | 0, 0, dir_fd=dirfd)
+
+
+def remove_tree(dirfd: int, name: str) -> None:
+    """Delete *name* below *dirfd* recursively, never following a symlink."""
+    st = lstat_or_none(dirfd, name)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dirfd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        for entry in os.scandir(fd):
+            remove_tree(fd, entry.name)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dirfd)

@@ -1,0 +1,270 @@
+"""Copy-up: making a lower object exist in the upper layer before it is changed.
+
+Every copy is built under a temporary name in the work directory (``WORK/work``) and renamed
+into place with ``RENAME_NOREPLACE``, so a crash or an error never leaves a half-copied object
+visible in the merged view; leftovers in the work directory are removed when a stack is
+assembled, as the kernel does. Data moves with ``copy_file_range`` (``sendfile`` as the
+fallback) and is fsync'ed before the rename unless the stack is ``volatile``. Missing parent
+directories are copied first, with their own metadata, and each parent's timestamps are put
+back after a child was renamed into it.
+
+A change of metadata alone (chmod, chown, utimes, setxattr) of a lower regular file copies
+only its metadata (``metacopy``): the upper file is a sparse file of the same size carrying an
+empty ``*.overlay.metacopy`` xattr — the kernel's ``metacopy=on`` format — and its data stays in
+the lower until the file is first opened for writing. The data copy then happens in place and
+the xattr is removed last, so a crash in between leaves a file that still reads the lower data.
+
+``FAULT_HOOK`` lets tests interrupt a copy-up at each named step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from layerfs import hostfs
+from layerfs.errors import oserror
+from layerfs.node import DIR, REG, UPPER, Alias, IndexEntry, Node
+
+if TYPE_CHECKING:
+    from layerfs.core import StackCore
+
+FAULT_HOOK: Callable[[str], None] | None = None
+
+
+def _fault(step: str) -> None:
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(step)
+
+
+def copy_up(core: StackCore, node: Node, alias: Alias | None = None, *, data: bool = True) -> None:
+    """Make *node* exist in the upper under *alias* (default: its first name).
+
+    With ``data=False`` a lower regular file may be copied metadata-only. Raises EROFS on a
+    read-only stack.
+    """
+    core.check_writable()
+    if node is core.root:
+        return
+    alias = alias or node.aliases[0]
+    if node.in_upper:
+        if not alias.in_upper:
+            _link_up(core, node, alias)
+        if data and node.metacopy:
+            complete_metacopy(core, node)
+        return
+    assert alias.parent is not None
+    copy_up(core, alias.parent)
+    if node.is_dir:
+        _copy_up_dir(core, node, alias)
+        return
+    meta_only = not data and core.options.metacopy and node.kind == REG
+    _copy_up_nondir(core, node, alias, meta_only)
+    link_up_all(core, node)
+
+
+def link_up_all(core: StackCore, node: Node) -> None:
+    """Give every known name of a copied-up hard-linked object its link in the upper.
+
+    This keeps lower hard links linked after copy-up, as overlayfs does with ``index=on``;
+    names of the object found later are linked when first looked up.
+    """
+    for other in list(node.aliases):
+        if not other.in_upper:
+            _link_up(core, node, other)
+
+
+def _link_up(core: StackCore, node: Node, alias: Alias) -> None:
+    """Give another name of an already copied-up hard-linked object its upper link."""
+    assert alias.parent is not None
+    source = node.upper_alias()
+    assert source is not None and source.parent is not None
+    copy_up(core, alias.parent)
+    src_fd = core.dirfd(source.parent, UPPER)
+    dst_fd = core.dirfd(alias.parent, UPPER)
+    with _parent_times_kept(dst_fd):
+        os.link(
+            source.name, alias.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False
+        )
+    alias.in_upper = True
+    _set_upper_entry(core, alias, node.kind)
+
+
+def _copy_up_dir(core: StackCore, node: Node, alias: Alias) -> None:
+    assert alias.parent is not None
+    lower_fd = core.dirfd(alias.parent, node.layers[0])
+    st = hostfs.lstat_at(lower_fd, alias.name)
+    upper_fd = core.dirfd(alias.parent, UPPER)
+    tmp = core.tmpname()
+    os.mkdir(tmp, 0o700, dir_fd=core.work_fd)
+    try:
+        _fault("dir-created")
+        _copy_metadata(lower_fd, alias.name, core.work_fd, tmp, st)
+        _fault("dir-before-rename")
+        with _parent_times_kept(upper_fd):
+            hostfs.rename_at(core.work_fd, tmp, upper_fd, alias.name, hostfs.RENAME_NOREPLACE)
+    except BaseException:
+        hostfs.remove_tree(core.work_fd, tmp)
+        raise
+    hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
+    node.layers.insert(0, UPPER)
+    node.lower_stat = None
+    node.version += 1
+    alias.in_upper = True
+    _set_upper_entry(core, alias, DIR)
+    core.register_upper(node, hostfs.lstat_at(upper_fd, alias.name))
+
+
+def _copy_up_nondir(core: StackCore, node: Node, alias: Alias, meta_only: bool) -> None:
+    assert alias.parent is not None
+    lower_pos = node.layers[0]
+    lower_fd = core.dirfd(alias.parent, lower_pos)
+    st = hostfs.lstat_at(lower_fd, alias.name)
+    upper_fd = core.dirfd(alias.parent, UPPER)
+    tmp = core.tmpname()
+    try:
+        _create_copy(core, lower_fd, alias.name, tmp, st, meta_only)
+        _copy_metadata(lower_fd, alias.name, core.work_fd, tmp, st)
+        _fault("file-before-rename")
+        with _parent_times_kept(upper_fd):
+            hostfs.rename_at(core.work_fd, tmp, upper_fd, alias.name, hostfs.RENAME_NOREPLACE)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=core.work_fd)
+        raise
+    if meta_only:
+        node.layers = [UPPER, lower_pos]
+        node.data_dirfd = os.open(".", hostfs.O_PATH_DIR, dir_fd=lower_fd)
+        node.data_name = alias.name
+    else:
+        node.layers = [UPPER]
+    node.lower_stat = None
+    node.version += 1
+    alias.in_upper = True
+    _set_upper_entry(core, alias, node.kind, lower_pos if meta_only else None)
+    core.register_upper(node, hostfs.lstat_at(upper_fd, alias.name))
+
+
+def _create_copy(
+    core: StackCore, lower_fd: int, name: str, tmp: str, st: os.stat_result, meta_only: bool
+) -> None:
+    work = core.work_fd
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == REG:
+        dst = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=work,
+        )
+        try:
+            _fault("file-created")
+            if meta_only:
+                os.ftruncate(dst, st.st_size)
+                os.setxattr(f"/proc/self/fd/{dst}", core.options.upper_format.metacopy_xattr, b"")
+            else:
+                src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lower_fd)
+                try:
+                    hostfs.copy_data(src, dst, st.st_size)
+                finally:
+                    os.close(src)
+                _fault("file-data-copied")
+                if not core.options.volatile:
+                    os.fsync(dst)
+        finally:
+            os.close(dst)
+    elif kind == stat.S_IFLNK:
+        os.symlink(os.readlink(name, dir_fd=lower_fd), tmp, dir_fd=work)
+    else:
+        os.mknod(tmp, st.st_mode, st.st_rdev, dir_fd=work)
+
+
+def _copy_metadata(src_fd: int, src: str, dst_fd: int, dst: str, st: os.stat_result) -> None:
+    """Owner, mode, xattrs and times, in the order that keeps each from undoing another."""
+    hostfs.copy_xattrs(src_fd, src, dst_fd, dst)
+    hostfs.chown_at(dst_fd, dst, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(st.st_mode):
+        hostfs.chmod_at(dst_fd, dst, st.st_mode)
+    hostfs.utime_at(dst_fd, dst, st.st_atime_ns, st.st_mtime_ns)
+
+
+def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> None:
+    """Copy a metacopy file's data into its upper file, then drop the metacopy xattr.
+
+    *upto* limits the copy (a truncate to that size follows); 0 copies nothing.
+    """
+    alias = node.upper_alias()
+    assert alias is not None and alias.parent is not None and node.data_dirfd is not None
+    upper_fd = core.dirfd(alias.parent, UPPER)
+    st = hostfs.lstat_at(upper_fd, alias.name)
+    size = st.st_size if upto is None else min(upto, st.st_size)
+    if size:
+        dst = os.open(alias.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper_fd)
+        try:
+            src = os.open(
+                node.data_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=node.data_dirfd
+            )
+            try:
+                hostfs.copy_data(src, dst, size)
+            finally:
+                os.close(src)
+            _fault("metacopy-data-copied")
+            if not core.options.volatile:
+                os.fsync(dst)
+        finally:
+            os.close(dst)
+        hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
+    for attr in core.metacopy_xattrs:
+        try:
+            hostfs.removexattr_at(upper_fd, alias.name, attr)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                raise
+    os.close(node.data_dirfd)
+    node.data_dirfd = None
+    node.layers = [UPPER]
+    node.version += 1
+    entry = alias.parent.index.entries.get(alias.name) if alias.parent.index else None
+    if entry is not None:
+        entry.items = [(UPPER, node.kind)]
+        entry.closed = True
+
+
+def _set_upper_entry(core: StackCore, alias: Alias, kind: int, data_pos: int | None = None) -> None:
+    parent = alias.parent
+    if parent is None or parent.index is None:
+        return
+    entry = parent.index.entries.get(alias.name)
+    if entry is None:
+        return
+    if kind == DIR:
+        entry.items.insert(0, (UPPER, DIR))
+    else:
+        items = [(UPPER, kind)]
+        if data_pos is not None:
+            items.append((data_pos, REG))
+        parent.index.entries[alias.name] = IndexEntry(items, closed=True)
+
+
+class _parent_times_kept:
+    """Put a directory's atime/mtime back after an entry was added to it by a copy-up."""
+
+    def __init__(self, dirfd: int) -> None:
+        self._dirfd = dirfd
+        self._st: os.stat_result | None = None
+
+    def __enter__(self) -> None:
+        self._st = os.stat(self._dirfd)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None and self._st is not None:
+            try:
+                os.utime(
+                    f"/proc/self/fd/{self._dirfd}", ns=(self._st.st_atime_ns, self._st.st_mtime_ns)
+                )
+            except OSError as exc:
+                raise oserror(exc.errno or errno.EIO) from exc

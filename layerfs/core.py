@@ -1,0 +1,269 @@
+"""The assembled stack's internals: layer roots, the node tree, lookup and inode numbers.
+
+:class:`StackCore` resolves names top-down the way kernel overlayfs does (see
+``docs/semantics.md``) and keeps the node tree that makes lookups cheap. The public
+operations live in :mod:`layerfs.stack`; copy-up in :mod:`layerfs.copyup`.
+
+Inode numbers: each node gets a small number the first time it is seen, keyed by the host
+identity ``(layer position, st_dev, st_ino)`` of the object that defines it: a directory's
+top-most lower directory, a non-directory's top-most object, or a metadata-only copy's lower
+data. A copy-up registers the upper object under the node's existing number, so ``st_ino``
+never changes while the stack is assembled and no two objects share one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import resource
+import stat
+import threading
+from pathlib import Path
+
+from layerfs import copyup, hostfs
+from layerfs.errors import oserror
+from layerfs.node import (
+    DIR,
+    REG,
+    UPPER,
+    Alias,
+    IndexEntry,
+    MergedIndex,
+    Node,
+    build_index,
+    is_opaque_at,
+)
+from layerfs.options import StackOptions, StackSpec
+from layerfs.types import Stat
+from layerfs.whiteout import TRUSTED_PREFIX, USER_PREFIX
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+OPAQUE_XATTRS = (TRUSTED_PREFIX + "opaque", USER_PREFIX + "opaque")
+METACOPY_XATTRS = (TRUSTED_PREFIX + "metacopy", USER_PREFIX + "metacopy")
+WORK_SUBDIR = "work"  # the kernel's name too: WORK/work holds copy-ups in progress
+
+HostKey = tuple[int, int, int]  # (layer position, st_dev, st_ino)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class StackCore:
+    """Layer roots, the node tree and lookup; thread-safe under one re-entrant lock."""
+
+    def __init__(self, spec: StackSpec) -> None:
+        spec.validate()
+        _raise_fd_limit()
+        self.spec = spec
+        self.options: StackOptions = spec.options
+        self.lock = threading.RLock()
+        self.metacopy_xattrs = METACOPY_XATTRS
+        self._roots: list[int] = []
+        self._inos: dict[HostKey, int] = {}
+        self._linked: dict[HostKey, Node] = {}
+        self._next_ino = ROOT_INO + 1
+        self._tmp_counter = 0
+        self.work_fd = -1
+        try:
+            self._open_layers(spec)
+        except BaseException:
+            self._close_roots()
+            raise
+        positions = list(range(0 if self.has_upper else 1, len(self._roots)))
+        self.root = Node(ROOT_INO, DIR, positions)
+        self.root.aliases.append(Alias(None, "", self.has_upper))
+
+    # -- assembly ----------------------------------------------------------------------------
+    def _open_layers(self, spec: StackSpec) -> None:
+        self.has_upper = spec.upper is not None
+        self._roots.append(hostfs.open_root(spec.upper) if spec.upper is not None else -1)
+        for lower in spec.lowers:
+            self._roots.append(hostfs.open_root(lower))
+        if spec.work is not None:
+            self.work_fd = self._prepare_work(spec.work)
+
+    @staticmethod
+    def _prepare_work(work: Path) -> int:
+        """Open ``WORK/work``, first removing what an interrupted copy-up left behind."""
+        work_root = hostfs.open_root(work)
+        try:
+            hostfs.remove_tree(work_root, WORK_SUBDIR)
+            os.mkdir(WORK_SUBDIR, 0o700, dir_fd=work_root)
+            return os.open(WORK_SUBDIR, hostfs.O_PATH_DIR, dir_fd=work_root)
+        finally:
+            os.close(work_root)
+
+    def _close_roots(self) -> None:
+        for fd in self._roots:
+            if fd >= 0:
+                os.close(fd)
+        self._roots.clear()
+        if self.work_fd >= 0:
+            os.close(self.work_fd)
+            self.work_fd = -1
+
+    @property
+    def readonly(self) -> bool:
+        return not self.has_upper
+
+    @property
+    def lower_count(self) -> int:
+        return len(self._roots) - 1
+
+    def check_writable(self) -> None:
+        if not self.has_upper:
+            raise oserror(errno.EROFS)
+
+    def tmpname(self) -> str:
+        self._tmp_counter += 1
+        return f"#layerfs-{os.getpid()}-{self._tmp_counter}"
+
+    # -- host locations ----------------------------------------------------------------------
+    def dirfd(self, node: Node, pos: int) -> int:
+        """An ``O_PATH`` descriptor of directory *node* in layer *pos* (cached on the node)."""
+        if node is self.root:
+            return self._roots[pos]
+        fd = node.dirfds.get(pos)
+        if fd is None:
+            alias = node.aliases[0]
+            assert alias.parent is not None
+            fd = os.open(alias.name, hostfs.O_PATH_DIR, dir_fd=self.dirfd(alias.parent, pos))
+            node.dirfds[pos] = fd
+        return fd
+
+    def location(self, node: Node) -> tuple[int, str]:
+        """``(dirfd, name)`` of the host object that defines *node* (upper first)."""
+        if node is self.root:
+            return self._roots[node.layers[0]], "."
+        alias = node.upper_alias() if node.in_upper else node.aliases[0]
+        if alias is None or alias.parent is None:
+            raise oserror(errno.ENOENT)
+        return self.dirfd(alias.parent, node.layers[0]), alias.name
+
+    def upper_location(self, node: Node, alias: Alias | None = None) -> tuple[int, str]:
+        if node is self.root:
+            return self._roots[UPPER], "."
+        alias = alias or node.upper_alias()
+        assert alias is not None and alias.parent is not None and alias.in_upper
+        return self.dirfd(alias.parent, UPPER), alias.name
+
+    # -- index and lookup --------------------------------------------------------------------
+    def index(self, node: Node) -> MergedIndex:
+        if node.index is None:
+            node.index = build_index([(pos, self.dirfd(node, pos)) for pos in node.layers])
+        return node.index
+
+    def lookup_locked(self, parent: Node, name: str) -> Node:
+        if not parent.is_dir:
+            raise oserror(errno.ENOTDIR, name)
+        if name == "." or name == "":
+            return parent
+        if name == "..":
+            up = parent.aliases[0].parent
+            return up if up is not None else self.root
+        child = parent.children.get(name)
+        if child is not None:
+            return child
+        entry = self.index(parent).entries.get(name)
+        if entry is None:
+            raise oserror(errno.ENOENT, name)
+        node = self._make_node(parent, name, entry)
+        parent.children[name] = node
+        return node
+
+    def _make_node(self, parent: Node, name: str, entry: IndexEntry) -> Node:
+        pos = entry.top[0]
+        pfd = self.dirfd(parent, pos)
+        st = hostfs.lstat_at(pfd, name)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == DIR:
+            return self._make_dir(parent, name, entry, st)
+        data_pos = None
+        if pos == UPPER and kind == REG and len(entry.items) > 1 and self._is_metacopy(pfd, name):
+            data_pos = entry.items[1][0]
+        key_st = st if data_pos is None else hostfs.lstat_at(self.dirfd(parent, data_pos), name)
+        key = (pos if data_pos is None else data_pos, key_st.st_dev, key_st.st_ino)
+        alias = Alias(parent, name, pos == UPPER)
+        if key_st.st_nlink > 1:
+            linked = self._linked.get(key)
+            if linked is not None and linked.aliases:
+                linked.aliases.append(alias)
+                if linked.in_upper and not alias.in_upper and self.has_upper:
+                    copyup.link_up_all(self, linked)
+                return linked
+        node = Node(self._ino_for(key), kind, [pos] if data_pos is None else [UPPER, data_pos])
+        node.aliases.append(alias)
+        if data_pos is not None:
+            node.data_dirfd = os.open(".", hostfs.O_PATH_DIR, dir_fd=self.dirfd(parent, data_pos))
+            node.data_name = name
+        if pos != UPPER:
+            node.lower_stat = st
+        if key_st.st_nlink > 1:
+            self._linked[key] = node
+        return node
+
+    def _make_dir(self, parent: Node, name: str, entry: IndexEntry, st: os.stat_result) -> Node:
+        candidates = [p for p, k in entry.items if k == DIR]
+        layers: list[int] = []
+        opaque = False
+        for i, pos in enumerate(candidates):
+            layers.append(pos)
+            is_last = i == len(candidates) - 1
+            if (pos == UPPER or not is_last) and is_opaque_at(
+                self.dirfd(parent, pos), name, OPAQUE_XATTRS
+            ):
+                opaque = pos == UPPER
+                break
+        key_pos = next((p for p in layers if p != UPPER), layers[0])
+        key_st = st if key_pos == layers[0] else hostfs.lstat_at(self.dirfd(parent, key_pos), name)
+        node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, layers)
+        node.opaque = opaque
+        node.aliases.append(Alias(parent, name, layers[0] == UPPER))
+        if layers[0] != UPPER:
+            node.lower_stat = st
+        return node
+
+    def _is_metacopy(self, dirfd: int, name: str) -> bool:
+        return any(hostfs.getxattr_at(dirfd, name, a) is not None for a in METACOPY_XATTRS)
+
+    def _ino_for(self, key: HostKey) -> int:
+        ino = self._inos.get(key)
+        if ino is None:
+            ino = self._next_ino
+            self._next_ino += 1
+            self._inos[key] = ino
+        return ino
+
+    def new_ino(self, st: os.stat_result) -> int:
+        return self._ino_for((UPPER, st.st_dev, st.st_ino))
+
+    def register_upper(self, node: Node, st: os.stat_result) -> None:
+        """Let the upper copy of *node* keep the node's inode number."""
+        key = (UPPER, st.st_dev, st.st_ino)
+        self._inos[key] = node.ino
+        if not node.is_dir and (st.st_nlink > 1 or len(node.aliases) > 1):
+            self._linked[key] = node
+
+    # -- attributes --------------------------------------------------------------------------
+    def host_stat(self, node: Node) -> os.stat_result:
+        if not node.in_upper and node.lower_stat is not None:
+            return node.lower_stat
+        dirfd, name = self.location(node)
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+
+    def to_stat(self, node: Node, st: os.stat_result) -> Stat:
+        """Merged-view attributes: the node's inode number, nlink 1 for a merged directory
+        (as the kernel reports it), and a metacopy file's block count from its data."""
+        nlink = 1 if node.is_dir and node.merged() else st.st_nlink
+        result = Stat.from_host(st, node.ino, nlink)
+        if node.data_dirfd is not None:
+            data = hostfs.lstat_at(node.data_dirfd, node.data_name)
+            result = dataclasses.replace(result, blocks=data.st_blocks)
+        return result

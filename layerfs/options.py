@@ -1,0 +1,125 @@
+"""Stack options and the overlay mount-option syntax (``lowerdir=A:B,upperdir=U,workdir=W``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerfs.errors import ConfigError
+from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
+
+
+@dataclass(frozen=True, slots=True)
+class StackOptions:
+    """How a stack behaves; the defaults match kernel overlayfs used by root.
+
+    ``metacopy``: a change of metadata alone (chmod, chown, utimes, setxattr) of a lower
+    regular file copies up only its metadata, in the kernel's ``metacopy=on`` format; the data
+    is copied when the file is first opened for writing. ``volatile``: skip the fsync of
+    copied-up data (the kernel's ``volatile`` option).
+    """
+
+    upper_format: UpperFormat = field(default_factory=UpperFormat)
+    metacopy: bool = True
+    volatile: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StackSpec:
+    """Where a stack's layers are: lowers top-most first, and an optional upper + work dir."""
+
+    lowers: tuple[Path, ...]
+    upper: Path | None = None
+    work: Path | None = None
+    options: StackOptions = field(default_factory=StackOptions)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` with a one-line message for a stack that cannot work."""
+        if not self.lowers:
+            raise ConfigError("at least one lower layer is needed")
+        for lower in self.lowers:
+            if not lower.is_dir():
+                raise ConfigError(f"lower layer is not a directory: {lower}")
+        if (self.upper is None) != (self.work is None):
+            raise ConfigError("an upper layer needs a work directory, and a work dir an upper")
+        if self.upper is None or self.work is None:
+            return
+        for what, path in (("upper", self.upper), ("work", self.work)):
+            if not path.is_dir():
+                raise ConfigError(f"{what} directory does not exist: {path}")
+        if os.stat(self.upper).st_dev != os.stat(self.work).st_dev:
+            raise ConfigError(
+                f"upper {self.upper} and work {self.work} are on different filesystems"
+            )
+        upper, work = self.upper.resolve(), self.work.resolve()
+        if upper == work or upper in work.parents or work in upper.parents:
+            raise ConfigError("upper and work directories must not contain each other")
+
+
+def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
+    """Split overlay options into a :class:`StackSpec` and the remaining (FUSE) options.
+
+    Understands ``lowerdir`` (``:``-separated, top-most first, ``\\:`` escapes a colon),
+    ``upperdir``, ``workdir``, ``userxattr`` (unprivileged format) and ``metacopy=on|off``,
+    ``volatile``; everything else is returned untouched, in order.
+    """
+    lowers: list[Path] = []
+    upper = work = None
+    upper_format = UpperFormat()
+    metacopy = True
+    volatile = False
+    rest: list[str] = []
+    for item in _split_options(text):
+        key, _, value = item.partition("=")
+        if key == "lowerdir":
+            lowers.extend(Path(p) for p in _split_lowerdir(value))
+        elif key == "upperdir":
+            upper = Path(value)
+        elif key == "workdir":
+            work = Path(value)
+        elif key == "userxattr":
+            upper_format = UpperFormat(XattrNamespace.USER, WhiteoutStyle.CHARDEV)
+        elif key == "metacopy":
+            metacopy = value != "off"
+        elif key == "volatile":
+            volatile = True
+        elif item:
+            rest.append(item)
+    options = StackOptions(upper_format=upper_format, metacopy=metacopy, volatile=volatile)
+    return StackSpec(tuple(lowers), upper, work, options), rest
+
+
+def _split_options(text: str) -> list[str]:
+    items, current, escaped = [], [], False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif ch == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return [i for i in items if i]
+
+
+def _split_lowerdir(value: str) -> list[str]:
+    parts, current, escaped = [], [], False
+    for ch in value:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p for p in parts if p]
