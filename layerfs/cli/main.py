@@ -19,6 +19,7 @@ from layerfs.errors import LayerfsError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "layerfs.cli.mount",
+    "layerfs.cli.layer",
 )
 
 

@@ -1,0 +1,120 @@
+"""``layerfs layer apply|create``: unpack a layer blob, or write an upper as a layer blob.
+
+``apply`` defaults to rootfs semantics (whiteouts delete, as ``umoci raw unpack``);
+``--as-layer`` builds a new overlayfs lower layer instead. ``create`` prints the blob digest and
+the diff_id. Both draw a progress bar on stderr when it is a terminal, and nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from layerfs.tar import (
+    ApplyMode,
+    ApplyOptions,
+    Compression,
+    CreateOptions,
+    apply_layer,
+    create_layer,
+)
+from layerfs.whiteout import UpperFormat
+
+COMPRESSIONS = {c.value: c for c in Compression}
+
+
+@contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A callback advancing a bar on stderr, or None when stderr is not a terminal."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@click.group()
+def layer() -> None:
+    """Apply or create OCI layer blobs (tar, tar+gzip, tar+zstd)."""
+
+
+@layer.command("apply")
+@click.argument("blob", type=click.Path(exists=True, dir_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--as-layer",
+    is_flag=True,
+    help="Create DIRECTORY as an overlayfs lower layer: whiteouts stay whiteouts "
+    "(0/0 devices as root, .wh. files otherwise) and opaque dirs get the opaque xattr.",
+)
+def apply_command(blob: str, directory: str, as_layer: bool) -> None:
+    """Unpack layer BLOB into DIRECTORY.
+
+    Without --as-layer, DIRECTORY must exist and the layer is applied onto it like
+    `umoci raw unpack`: whiteouts delete, opaque markers empty their directory. Compression
+    is recognised by its magic bytes. Entries that would reach outside DIRECTORY abort the
+    command.
+    """
+    if as_layer:
+        fmt = UpperFormat() if os.geteuid() == 0 else UpperFormat.unprivileged()
+        options = ApplyOptions(mode=ApplyMode.LAYER, upper_format=fmt)
+    else:
+        options = ApplyOptions(mode=ApplyMode.ROOTFS)
+    with _progress("apply", os.path.getsize(blob)) as progress:
+        result = apply_layer(blob, directory, options=options, progress=progress)
+    click.echo(f"entries {result.entries}")
+    click.echo(f"digest  {result.digest}")
+    click.echo(f"diff_id {result.diff_id}")
+
+
+@layer.command("create")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("blob", type=click.Path(dir_okay=False, writable=True))
+@click.option(
+    "--compression",
+    type=click.Choice(sorted(COMPRESSIONS)),
+    default="zstd",
+    show_default=True,
+    help="Blob compression.",
+)
+@click.option("--level", type=int, default=3, show_default=True, help="Compression level.")
+@click.option(
+    "--lower",
+    "lowers",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A lower directory (repeat, top-most first); metacopy files read their data here.",
+)
+def create_command(
+    directory: str, blob: str, compression: str, level: int, lowers: tuple[str, ...]
+) -> None:
+    """Write upper DIRECTORY as a layer BLOB and print its digest and diff_id.
+
+    Whiteouts (0/0 devices or .wh. files) become .wh. entries and opaque directories get a
+    .wh..wh..opq marker. The same tree always gives the same bytes.
+    """
+    options = CreateOptions(compression=COMPRESSIONS[compression], level=level)
+    tmp = f"{blob}.partial"
+    try:
+        with open(tmp, "wb") as out, _progress("create", None) as progress:
+            desc = create_layer(directory, out, lowers=lowers, options=options, progress=progress)
+        os.replace(tmp, blob)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    click.echo(f"digest     {desc.digest}")
+    click.echo(f"diff_id    {desc.diff_id}")
+    click.echo(f"size       {desc.size}")
+    click.echo(f"media_type {desc.media_type}")
+
+
+COMMANDS = [layer]
