@@ -160,15 +160,13 @@ def _redirect_stdio(log_file: Path | None) -> None:
 def _configure_logging(debug: bool, *, to_stderr: bool, path: Path | None = None) -> None:
     """Daemon logging goes to fd 2 (the log file or /dev/null); faulthandler writes there too."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler: logging.Handler
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    handler: logging.Handler = logging.NullHandler()
     if path is not None:
         handler = logging.FileHandler(path)
     elif to_stderr:
         handler = logging.StreamHandler(sys.stderr)
-    else:
-        handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)

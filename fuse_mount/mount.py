@@ -53,13 +53,12 @@ def serve(
     operations = Operations(stack, timeouts=options.timeouts, threads=options.threads)
     _init_session(operations, mountpoint, options)
     log.info("mounted %s on %s", options.stack_option_string, mountpoint)
-    stopped_by_signal = True
     try:
-        stopped_by_signal = trio.run(_main_loop, on_ready)
+        trio.run(_main_loop, on_ready)
     finally:
-        # After an outside unmount the session is already gone from the mount table;
-        # unmounting again could only hit something mounted there since.
-        pyfuse3.close(unmount=stopped_by_signal)
+        # libfuse checks the session first and skips the unmount when the kernel already
+        # ended it (an outside unmount), so this is right after a signal, a crash or either.
+        pyfuse3.close(unmount=True)
         operations.shutdown()
         log.info("unmounted %s", mountpoint)
 
@@ -92,21 +91,18 @@ def _read_all(fd: int) -> str:
     return os.read(fd, 1 << 16).decode(errors="replace")
 
 
-async def _main_loop(on_ready: Callable[[], None]) -> bool:
-    """Run the FUSE loop; return True if a signal (not an outside unmount) ended it."""
-    signalled = trio.Event()
+async def _main_loop(on_ready: Callable[[], None]) -> None:
+    """Run the FUSE loop until the session ends or a stop signal arrives."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, signalled)
+        nursery.start_soon(_stop_on_signal)
         on_ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
-    return signalled.is_set()
 
 
-async def _stop_on_signal(signalled: trio.Event) -> None:
+async def _stop_on_signal() -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             log.info("got %s, unmounting", signal.Signals(signum).name)
-            signalled.set()
             pyfuse3.terminate()
             return

@@ -34,10 +34,9 @@ FUSE_FLAGS = frozenset(
         "dirsync",
         "atime",
         "noatime",
-        "nodiratime",
     }
 )
-FUSE_VALUED = frozenset({"fsname", "subtype", "max_read", "blksize"})
+FUSE_VALUED = frozenset({"fsname", "subtype"})
 
 # Accepted and ignored: userspace-only fstab options and atime variants libfuse lacks.
 IGNORED_FLAGS = frozenset(
@@ -59,6 +58,7 @@ IGNORED_FLAGS = frozenset(
         "lazytime",
         "nolazytime",
         "diratime",
+        "nodiratime",
         "loud",
         "silent",
         "iversion",
@@ -75,7 +75,6 @@ ADAPTER_VALUED = frozenset({"timeout", "lower_timeout", "threads"})
 
 DEFAULT_FSNAME = "layerfs"
 DEFAULT_THREADS = 8
-MAX_READ = 1 << 20  # bytes; the kernel's own cap for one FUSE read with max_pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +131,7 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
     stack: list[str] = []
     fuse: set[str] = {"default_permissions"}
     adapter: dict[str, str] = {}
-    valued = {
-        "fsname": fsname or DEFAULT_FSNAME,
-        "subtype": DEFAULT_FSNAME,
-        "max_read": str(MAX_READ),
-    }
+    valued = {"fsname": fsname or DEFAULT_FSNAME, "subtype": DEFAULT_FSNAME}
     for item in items:
         key, _, value = item.partition("=")
         if item in FUSE_FLAGS:

@@ -83,14 +83,17 @@ def mount_stack(
 
     Raises :class:`~layerfs.errors.LayerfsError` (one line for the user) on any failure.
     """
+    import layerfs
     from fuse_mount import daemon
     from fuse_mount.options import parse_mount_options
-    from layerfs import Stack
 
     parsed = parse_mount_options(items, fsname=fsname)
+    spec, unknown = layerfs.parse_mount_options(parsed.stack_option_string)
+    if unknown:
+        raise ConfigError(f"unknown mount option: {','.join(unknown)}")
     daemon.check_fuse_device()
     resolved = daemon.check_mountpoint(mountpoint)
-    stack = Stack.from_mount_options(parsed.stack_option_string)
+    stack = layerfs.Stack.from_spec(spec)
     if stack.readonly and not parsed.readonly:
         parsed = parse_mount_options([*items, "ro"], fsname=fsname)
     request = daemon.MountRequest(

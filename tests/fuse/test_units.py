@@ -1,0 +1,142 @@
+"""The FUSE frontend's own logic, without a kernel: options, helper arguments, tables."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fuse_mount.attrs import Timeouts
+from fuse_mount.handles import HandleTable, OpenDir
+from fuse_mount.inodes import ROOT_INODE, InodeTable
+from fuse_mount.options import escape_option_value, parse_mount_options, split_option_list
+from layerfs.cli.mount_helper import UsageError, parse_args
+from layerfs.errors import ConfigError
+
+
+def node(ino: int) -> Any:
+    return SimpleNamespace(ino=ino, lower_only=True)
+
+
+class TestOptions:
+    def test_split_keeps_escaped_commas(self) -> None:
+        assert split_option_list(r"lowerdir=/a\,b:/c,upperdir=/u,,ro") == [
+            r"lowerdir=/a\,b:/c",
+            "upperdir=/u",
+            "ro",
+        ]
+
+    def test_escape_round_trips_through_split(self) -> None:
+        item = "upperdir=" + escape_option_value("/x,y:z")
+        assert split_option_list(item + ",rw") == [item, "rw"]
+
+    def test_owners(self) -> None:
+        opts = parse_mount_options(
+            [
+                "lowerdir=/a:/b",
+                "upperdir=/u",
+                "workdir=/w",
+                "allow_other",
+                "noatime",
+                "nofail",
+                "x-systemd.automount",
+                "relatime",
+                "fsname=img",
+                "timeout=5",
+                "redirect_dir=off",
+            ]
+        )
+        assert opts.stack_options == (
+            "lowerdir=/a:/b",
+            "upperdir=/u",
+            "workdir=/w",
+            "redirect_dir=off",
+        )
+        assert {"allow_other", "noatime", "default_permissions", "fsname=img"} <= opts.fuse_options
+        assert "subtype=layerfs" in opts.fuse_options
+        assert not any(o.startswith(("nofail", "x-", "relatime")) for o in opts.fuse_options)
+        assert opts.timeouts == Timeouts(upper=5.0)
+        assert not opts.readonly
+
+    def test_default_permissions_is_always_on(self) -> None:
+        assert "default_permissions" in parse_mount_options(["lowerdir=/a"]).fuse_options
+
+    def test_ro_wins_over_rw(self) -> None:
+        opts = parse_mount_options(["lowerdir=/a", "rw", "ro"])
+        assert opts.readonly
+        assert "rw" not in opts.fuse_options
+
+    def test_fsname_from_source(self) -> None:
+        opts = parse_mount_options(["lowerdir=/a"], fsname="myimage")
+        assert "fsname=myimage" in opts.fuse_options
+
+    @pytest.mark.parametrize("bad", ["timeout=x", "timeout=-1", "threads=0", "fsname="])
+    def test_bad_adapter_option(self, bad: str) -> None:
+        with pytest.raises(ConfigError):
+            parse_mount_options(["lowerdir=/a", bad])
+
+
+class TestHelperArgs:
+    def test_mount8_command_line(self) -> None:
+        source, mnt, items, fake = parse_args(
+            ["img", "/mnt/x", "-s", "-n", "-o", "rw,lowerdir=/a:/b,nofail"]
+        )
+        assert (source, mnt, fake) == ("img", Path("/mnt/x"), False)
+        assert items == ["rw", "lowerdir=/a:/b", "nofail"]
+
+    def test_fake_and_type(self) -> None:
+        _, _, items, fake = parse_args(["s", "/m", "-t", "fuse.layerfs", "-fv", "-olowerdir=/a"])
+        assert fake
+        assert items == ["lowerdir=/a"]
+
+    @pytest.mark.parametrize("argv", [["only-source"], ["s", "/m", "-q"], ["a", "b", "c"]])
+    def test_usage_errors(self, argv: list[str]) -> None:
+        with pytest.raises(UsageError):
+            parse_args(argv)
+
+
+class TestInodeTable:
+    def test_lookup_counts_and_forget(self) -> None:
+        table = InodeTable(node(ROOT_INODE))
+        child = node(7)
+        table.remember(child)
+        table.remember(child)
+        assert table.forget(7, 1) is None
+        assert table.node(7) is child
+        assert table.forget(7, 1) is child
+        with pytest.raises(OSError) as info:
+            table.node(7)
+        assert info.value.errno == errno.ESTALE
+
+    def test_pin_outlives_forget(self) -> None:
+        table = InodeTable(node(ROOT_INODE))
+        child = node(9)
+        table.remember(child)
+        table.pin(9)
+        assert table.forget(9, 1) is None
+        assert table.node(9) is child
+        assert table.unpin(9) is child
+
+    def test_root_is_never_dropped(self) -> None:
+        root = node(ROOT_INODE)
+        table = InodeTable(root)
+        assert table.forget(ROOT_INODE, 5) is None
+        assert table.node(ROOT_INODE) is root
+        assert table.statistics().known == 1
+
+
+class TestHandleTable:
+    def test_numbers_are_not_reused(self) -> None:
+        table: HandleTable[OpenDir] = HandleTable()
+        first = table.add(OpenDir(5))
+        table.pop(first)
+        second = table.add(OpenDir(5))
+        assert second != first
+        assert [d.ino for d in table.of_inode(5)] == [5]
+        with pytest.raises(OSError) as info:
+            table.get(first)
+        assert info.value.errno == errno.EBADF
+        assert table.statistics().open == 1
