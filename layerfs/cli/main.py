@@ -20,6 +20,8 @@ from layerfs.errors import LayerfsError
 COMMAND_MODULES: tuple[str, ...] = (
     "layerfs.cli.mount",
     "layerfs.cli.layer",
+    "layerfs.cli.images",
+    "layerfs.cli.containers",
 )
 
 
