@@ -34,3 +34,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs root and kernel overlayfs"))
         if item.get_closest_marker("fuse") and not HAS_FUSE:
             item.add_marker(pytest.mark.skip(reason="needs /dev/fuse and fusermount3"))
+
+
+# -- CI guard: on a machine that can run everything, nothing privileged may be skipped --------
+_GUARDED = ("root", "kernel", "fuse", "interop", "network")
+_guarded_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and any(m in report.keywords for m in _GUARDED):
+        _guarded_skips.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("LAYERFS_REQUIRE_ALL") != "1" or not _guarded_skips:
+        return
+    if not (IS_ROOT and HAS_FUSE and HAS_OVERLAY):
+        return
+    print("\nLAYERFS_REQUIRE_ALL: these root/kernel/FUSE/interop tests were skipped:")
+    for nodeid in _guarded_skips:
+        print(f"  {nodeid}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
