@@ -30,7 +30,7 @@ from typing import BinaryIO, cast
 
 from layerfs import hostfs
 from layerfs.errors import LayerFormatError, oserror
-from layerfs.tar._entries import Entry, classify
+from layerfs.tar._entries import Entry, Kind, classify, unsafe
 from layerfs.tar._extract import Extractor
 from layerfs.tar._streams import CHUNK, HashingReader, digest_of
 from layerfs.tar.compression import open_decompressed
@@ -183,6 +183,33 @@ def _apply_onto(
         os.close(root)
 
 
+class _SymlinkTracker:
+    """The pre-pass's memory of which paths the layer has made symlinks so far.
+
+    Lets the pre-pass refuse ``a -> /etc`` followed by ``a/passwd`` (or a hard link through
+    ``a``) before anything is written; symlinks already in the tree are found while writing.
+    """
+
+    def __init__(self) -> None:
+        self._links: set[str] = set()
+
+    def check(self, entry: Entry) -> None:
+        if self._links:
+            for where in (entry.parent, entry.link.rpartition("/")[0]):
+                self._check_parents(entry, where)
+        path = entry.parent if entry.kind is Kind.OPAQUE else entry.path
+        if entry.kind is Kind.SYMLINK:
+            self._links.add(path)
+        else:
+            self._links.discard(path)
+
+    def _check_parents(self, entry: Entry, parent: str) -> None:
+        while parent:
+            if parent in self._links:
+                raise unsafe(entry.raw, f"parent {parent!r} is a symlink")
+            parent = parent.rpartition("/")[0]
+
+
 def _run(
     src: BinaryIO,
     extractor: Extractor | None,
@@ -196,6 +223,7 @@ def _run(
         open_decompressed(buffered), limit=options.max_bytes, what="uncompressed layer"
     )
     entries = 0
+    tracker = _SymlinkTracker()
     try:
         tf = tarfile.open(  # noqa: SIM115 - read member by member below
             fileobj=cast(BinaryIO, tar_stream), mode="r|", bufsize=CHUNK, tarinfo=_StrictTarInfo
@@ -212,6 +240,8 @@ def _run(
             entry = classify(member, options.max_bytes)
             if extractor is not None:
                 _apply_entry(extractor, entry, member, reader)
+            else:
+                tracker.check(entry)
     except tarfile.TarError as exc:
         raise LayerFormatError(f"malformed layer tar after {entries} entries: {exc}") from exc
     tar_stream.drain()
