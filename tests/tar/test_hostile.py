@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from layerfs.errors import LayerFormatError, UnsafeLayerError
-from layerfs.tar import ApplyMode, ApplyOptions, apply_layer
-from layerfs.tar import _extract
+from layerfs.tar import ApplyMode, ApplyOptions, _extract, apply_layer
 from tests.tar.tarbuild import M, d, f, hard, snapshot, sym
 from tests.tar.tarbuild import blob as make_blob
 
