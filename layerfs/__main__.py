@@ -1,0 +1,5 @@
+"""``python -m layerfs`` runs the command line."""
+
+from layerfs.cli.main import main
+
+main()
