@@ -47,7 +47,8 @@ def layerfs(*args: str) -> None:
 
 
 def show(title: str, text: str) -> None:
-    print(f"{title}\n    {text.rstrip()}")
+    body = "\n".join(f"      | {line}" for line in text.rstrip().splitlines())
+    print(f"{title}\n{body}")
 
 
 def describe_upper(upper: Path) -> None:
