@@ -62,7 +62,7 @@ def build_tar(members: list[M], fmt: int = tarfile.PAX_FORMAT) -> bytes:
             info.uid, info.gid, info.mtime = m.uid, m.gid, m.mtime
             info.devmajor, info.devminor = m.devmajor, m.devminor
             info.pax_headers = dict(m.pax)
-            if m.kind in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            if m.kind in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
                 info.size = len(m.data)
                 tf.addfile(info, io.BytesIO(m.data))
             else:
