@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,9 @@ from types import ModuleType
 
 from benchmarks.config import RunConfig
 from benchmarks.results import Recorder, Sample
+from benchmarks.schedule import rotate
 from benchmarks.stacks import BuiltStack
+from layerfs.errors import LayerfsError
 
 IMAGE_TAG = "bench"
 TOOL_TIMEOUT = 3600.0  # seconds
@@ -69,8 +72,7 @@ def run_library(
         contenders, check = _mklayer_contenders(config, wide, recorder)
     failed: set[str] = set()
     for rep in range(config.reps):
-        k = rep % max(1, len(contenders))
-        for contender in contenders[k:] + contenders[:k]:
+        for contender in rotate(contenders, rep):
             if contender.name in failed:
                 continue
             print(f"  {name} rep {rep + 1}: {contender.name}", file=sys.stderr, flush=True)
@@ -80,7 +82,7 @@ def run_library(
                 contender.action(dest)
                 seconds = (time.perf_counter_ns() - start) / 1e9
                 check(dest)
-            except (LibraryError, OSError, ValueError) as exc:
+            except (LibraryError, LayerfsError, OSError, ValueError) as exc:
                 failed.add(contender.name)
                 recorder.skip(f"{contender.name} failed {name}: {exc}")
                 continue
@@ -187,13 +189,19 @@ def _layerfs_create(module: ModuleType, tree: Path, dest: Path) -> None:
 def _tar_zstd(tree: Path, dest: Path) -> None:
     with open(dest, "wb") as out:
         tar = subprocess.Popen(["tar", "-cf", "-", "-C", str(tree), "."], stdout=subprocess.PIPE)
-        assert tar.stdout is not None
-        zstd = subprocess.run(
-            ["zstd", "-T0", "-q", "-c"], stdin=tar.stdout, stdout=out, check=False
-        )
-        tar.stdout.close()
-        if tar.wait(timeout=TOOL_TIMEOUT) != 0 or zstd.returncode != 0:
-            raise LibraryError(f"tar exited with {tar.returncode}, zstd with {zstd.returncode}")
+        try:
+            assert tar.stdout is not None
+            zstd = subprocess.run(
+                ["zstd", "-T0", "-q", "-c"], stdin=tar.stdout, stdout=out, check=False
+            )
+            tar.stdout.close()
+            status = tar.wait(timeout=TOOL_TIMEOUT)
+        finally:
+            if tar.poll() is None:
+                tar.kill()
+                tar.wait()
+    if status != 0 or zstd.returncode != 0:
+        raise LibraryError(f"tar exited with {status}, zstd with {zstd.returncode}")
 
 
 def _check(argv: list[str]) -> None:
@@ -204,8 +212,6 @@ def _check(argv: list[str]) -> None:
 
 
 def _walk(top: Path) -> list[tuple[str, list[str], list[str]]]:
-    import os
-
     return list(os.walk(top))
 
 

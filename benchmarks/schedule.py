@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.cache import drop_caches
 from benchmarks.config import RunConfig
@@ -27,8 +28,10 @@ from benchmarks.results import Recorder, Sample
 from benchmarks.stacks import BuiltStack
 from benchmarks.workloads import Workload, WorkloadError
 
+T = TypeVar("T")
 
-def rotate(items: list[System], rep: int) -> list[System]:
+
+def rotate(items: list[T], rep: int) -> list[T]:
     """*items* rotated left by *rep*: each system takes every position in turn."""
     if not items:
         return []

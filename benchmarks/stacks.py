@@ -50,14 +50,16 @@ def build(name: str, sizes: Sizes, seed: int, workdir: Path) -> BuiltStack:
     layers, targets, flat_from_bottom = _describe(name, sizes, seed)
     root = workdir / "stacks" / name
     merged = layout.merge(layers)
-    stamp = {"version": GENERATOR_VERSION, "sizes": asdict(sizes), "seed": seed}
+    stamp = json.dumps(
+        {"version": GENERATOR_VERSION, "sizes": asdict(sizes), "seed": seed}, sort_keys=True
+    )
     stamp_path = root / "stamp.json"
-    if not (stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp):
+    if not (stamp_path.exists() and stamp_path.read_text() == stamp):
         shutil.rmtree(root, ignore_errors=True)
         _write_layers(root, layers)
         if not flat_from_bottom:
             _write_flat(root, merged)
-        stamp_path.write_text(json.dumps(stamp, sort_keys=True))
+        stamp_path.write_text(stamp)
     layer_paths = tuple(root / "layers" / str(i) for i in range(len(layers)))
     return BuiltStack(
         name=name,

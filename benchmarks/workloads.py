@@ -86,13 +86,22 @@ def read_all(root: Path, stack: BuiltStack, sizes: Sizes) -> int:
 
 
 def tar_all(root: Path, stack: BuiltStack, sizes: Sizes) -> int:
-    """``tar -cf - . | cat > /dev/null`` in the tree: archives every byte; returns 1 on success."""
+    """``tar -cf - . | cat > /dev/null`` in the tree: archives every byte; returns 1 on success.
+
+    tar is killed if we are interrupted, so that it cannot keep the mount busy.
+    """
     tar = subprocess.Popen(["tar", "-cf", "-", "."], cwd=root, stdout=subprocess.PIPE)
-    assert tar.stdout is not None
-    cat = subprocess.run(["cat"], stdin=tar.stdout, stdout=subprocess.DEVNULL, check=False)
-    tar.stdout.close()
-    if tar.wait(timeout=TAR_TIMEOUT) != 0 or cat.returncode != 0:
-        raise WorkloadError(f"tar exited with {tar.returncode}, cat with {cat.returncode}")
+    try:
+        assert tar.stdout is not None
+        cat = subprocess.run(["cat"], stdin=tar.stdout, stdout=subprocess.DEVNULL, check=False)
+        tar.stdout.close()
+        status = tar.wait(timeout=TAR_TIMEOUT)
+    finally:
+        if tar.poll() is None:
+            tar.kill()
+            tar.wait()
+    if status != 0 or cat.returncode != 0:
+        raise WorkloadError(f"tar exited with {status}, cat with {cat.returncode}")
     return 1
 
 

@@ -1,0 +1,190 @@
+"""Unit tests of the benchmark harness: layouts, statistics, targets and the report.
+
+No mounting and no timing here; these pin down the parts whose mistakes would silently turn
+into wrong numbers (a wrong merged tree, a ratio upside down, a target that cannot miss).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from benchmarks import layout, report, stacks
+from benchmarks.config import QUICK
+from benchmarks.mounts import MountSpec, mounts_under, overlay_options
+from benchmarks.results import Row, Sample, Stat, ratios, summarize
+from benchmarks.run import results_dir
+from benchmarks.schedule import rotate
+from benchmarks.targets import evaluate
+from layerfs.whiteout import OPAQUE_VALUE, UpperFormat, is_whiteout_stat
+
+
+def test_merge_applies_opaque_then_whiteouts_then_new_entries() -> None:
+    f = layout.FileSpec(1, 1)
+    g = layout.FileSpec(2, 2)
+    bottom = layout.LayerSpec(files={"a/x": f, "a/y": f, "b/z": f, "c/w": f})
+    top = layout.LayerSpec(files={"a/x": g, "b/new": g}, whiteouts={"a/y", "c"}, opaque={"b"})
+    merged = layout.merge([bottom, top])
+    assert merged.files == {"a/x": (1, g), "b/new": (1, g)}
+    assert merged.dirs == {"a", "b"}
+
+
+def test_wide_layout_is_seeded_and_has_every_feature() -> None:
+    first = layout.wide(QUICK, 7)
+    again = layout.wide(QUICK, 7)
+    other = layout.wide(QUICK, 8)
+    assert [lay.files for lay in first] == [lay.files for lay in again]
+    assert [lay.files for lay in first] != [lay.files for lay in other]
+    assert len(first) == QUICK.wide_layers
+    assert sum(len(lay.opaque) for lay in first) == 1
+    assert any(lay.whiteouts for lay in first[1:])
+    overridden = set(first[0].files) & set().union(*(lay.files for lay in first[1:]))
+    assert overridden
+    total = len(layout.merge(first).files)
+    assert 0 < total < sum(len(lay.files) for lay in first)
+
+
+def test_deep_targets_live_in_the_bottom_layer_only() -> None:
+    layers, targets = layout.deep(QUICK)
+    assert len(layers) == max(QUICK.deep_depths)
+    assert set(targets) <= set(layers[0].files)
+    assert all(not set(targets) & set(lay.files) for lay in layers[1:])
+    assert all(lay.dirs == layers[0].dirs for lay in layers)
+
+
+@pytest.mark.root
+def test_build_writes_layers_whiteouts_opaque_and_flat(tmp_path: Path) -> None:
+    built = stacks.build("wide", QUICK, 3, tmp_path)
+    merged = layout.merge(layout.wide(QUICK, 3))
+    flat_files = {
+        str(Path(d, n).relative_to(built.flat))
+        for d, _, names in os.walk(built.flat)
+        for n in names
+    }
+    assert flat_files == set(merged.files) == set(built.files)
+    for index, layer in enumerate(layout.wide(QUICK, 3)):
+        for path in layer.whiteouts:
+            assert is_whiteout_stat(os.lstat(built.layers[index] / path))
+        for path in layer.opaque:
+            value = os.getxattr(built.layers[index] / path, UpperFormat().opaque_xattr)
+            assert value == OPAQUE_VALUE
+    some = built.files[0]
+    index, spec = merged.files[some]
+    assert (built.flat / some).read_bytes() == (built.layers[index] / some).read_bytes()
+    assert (built.flat / some).stat().st_size == spec.size
+
+
+@pytest.mark.root
+def test_build_reuses_a_matching_stack_and_rebuilds_another(tmp_path: Path) -> None:
+    stacks.build("huge", QUICK, 1, tmp_path)
+    stamp = tmp_path / "stacks" / "huge" / "stamp.json"
+    marker = tmp_path / "stacks" / "huge" / "layers" / "0" / "marker"
+    marker.write_text("")
+    stacks.build("huge", QUICK, 1, tmp_path)
+    assert marker.exists()
+    stacks.build("huge", QUICK, 2, tmp_path)
+    assert not marker.exists()
+    assert stamp.exists()
+
+
+def test_rotate_puts_every_system_in_every_position() -> None:
+    items = ["a", "b", "c"]
+    orders = [rotate(items, rep) for rep in range(3)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert rotate([], 4) == []
+
+
+def _sample(
+    system: str, value: float, rep: int = 0, workload: str = "stat", state: str = "warm"
+) -> Sample:
+    return Sample(workload, "", state, "time", system, rep, value)
+
+
+def test_summary_takes_medians_and_ratios_divide_medians() -> None:
+    samples = [_sample("layerfs", v, i) for i, v in enumerate((3.0, 1.0, 2.0))]
+    samples += [_sample("fuse-overlayfs", v, i) for i, v in enumerate((4.0, 4.0, 8.0))]
+    (row,) = summarize(samples)
+    assert row.stats["layerfs"] == Stat(2.0, 1.0, 3.0, 3)
+    assert row.stats["layerfs"].spread == pytest.approx(1.0)
+    assert ratios(row)["layerfs/fuse-overlayfs"] == pytest.approx(0.5)
+    assert "layerfs/kernel" not in ratios(row)
+
+
+def _outcomes(rows: list[Row]) -> dict[str, str]:
+    return {v.label: v.outcome for v in evaluate(rows)}
+
+
+def test_targets_pass_miss_and_na() -> None:
+    rows = summarize(
+        [
+            _sample("layerfs", 1.0),
+            _sample("fuse-overlayfs", 2.0),
+            _sample("layerfs", 3.0, workload="walk"),
+            _sample("fuse-overlayfs", 2.0, workload="walk"),
+            _sample("fuse-overlayfs", 2.0, workload="read"),
+            _sample("layerfs", 0.004, workload="chmod", state="fresh"),
+        ]
+    )
+    outcomes = _outcomes(rows)
+    assert outcomes["stat warm: layerfs/fuse-overlayfs"] == "PASS"
+    assert outcomes["walk warm: layerfs/fuse-overlayfs"] == "MISS"
+    assert outcomes["read warm: layerfs/fuse-overlayfs"] == "n/a"
+    assert outcomes["chmod fresh: layerfs"] == "PASS"
+
+
+def test_lookup_target_compares_deepest_with_depth_one() -> None:
+    samples = [
+        Sample("lookup", f"depth={d}", "fresh", "time_per_op", "layerfs", 0, cost)
+        for d, cost in ((1, 1.0), (2, 1.2), (8, 1.6))
+    ]
+    (verdict,) = [v for v in evaluate(summarize(samples)) if "depth 8" in v.label]
+    assert verdict.value == pytest.approx(1.6)
+    assert verdict.outcome == "MISS"
+
+
+def test_rss_target_uses_the_worst_workload() -> None:
+    samples = [
+        Sample("stat", "", "warm", "peak_rss", "layerfs", 0, 10 * 2**20),
+        Sample("read", "", "fresh", "peak_rss", "layerfs", 0, 70 * 2**20),
+    ]
+    (verdict,) = [v for v in evaluate(summarize(samples)) if "RSS" in v.label]
+    assert verdict.outcome == "MISS"
+
+
+def test_overlay_options_name_lowers_relative_to_their_parent(tmp_path: Path) -> None:
+    spec = MountSpec((tmp_path / "2", tmp_path / "1", tmp_path / "0"), tmp_path / "flat")
+    assert overlay_options(spec) == ("lowerdir=2:1:0", tmp_path)
+    rw = MountSpec((tmp_path / "a", tmp_path / "b" / "c"), tmp_path, tmp_path / "u", tmp_path / "w")
+    options, cwd = overlay_options(rw)
+    assert cwd is None
+    assert (
+        options
+        == f"lowerdir={tmp_path}/a:{tmp_path}/b/c,upperdir={tmp_path}/u,workdir={tmp_path}/w"
+    )
+
+
+def test_table_shows_medians_ratios_and_targets() -> None:
+    rows = summarize([_sample("layerfs", 0.002), _sample("fuse-overlayfs", 0.004)])
+    text = report.table(rows, library=False)
+    assert "2 ms" in text and "4 ms" in text
+    assert "0.50" in text
+    lines = report.verdict_lines(evaluate(rows))
+    assert lines.startswith("PASS")
+
+
+def test_results_dir_gets_a_suffix_instead_of_overwriting(tmp_path: Path) -> None:
+    info = {"date": "2024-01-02", "host": "h"}
+    first = results_dir(tmp_path, info, quick=False)
+    assert first == tmp_path / "2024-01-02-h"
+    first.mkdir()
+    assert results_dir(tmp_path, info, quick=False) == tmp_path / "2024-01-02-h-2"
+    assert results_dir(tmp_path, info, quick=True) == tmp_path / "2024-01-02-h-quick"
+
+
+def test_nothing_is_mounted_under_a_fresh_directory(tmp_path: Path) -> None:
+    assert mounts_under(tmp_path) == []
+    assert Path("/") in mounts_under(Path("/"))
+    assert stat.S_ISDIR(os.stat(tmp_path).st_mode)
