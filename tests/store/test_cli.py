@@ -1,0 +1,98 @@
+"""The images and containers commands, driven through click's test runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from layerfs.cli.main import cli
+
+from .builders import BASE, TOP, Image, write_oci_layout
+
+COMMANDS = [
+    "images", "tag", "rmi", "inspect", "import", "export", "unpack", "squash",
+    "create", "ps", "rm", "diff", "commit",
+]  # fmt: skip
+Invoke = Callable[..., str]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Invoke:
+    runner = CliRunner()
+    root = str(tmp_path / "store")
+
+    def invoke(*args: str, ok: bool = True) -> str:
+        result = runner.invoke(cli, [args[0], "--root", root, *args[1:]], catch_exceptions=False)
+        assert (result.exit_code == 0) is ok, result.output
+        return result.output
+
+    return invoke
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0 and "--root" in result.output
+
+
+def test_image_commands(run: Invoke, tmp_path: Path) -> None:
+    invoke = run
+    write_oci_layout(tmp_path / "src", [Image("app:1", [BASE, TOP])])
+    out = invoke("import", str(tmp_path / "src"))
+    digest = out.split()[0]
+    assert out.split()[1] == "app:1"
+    invoke("tag", "app:1", "app:2")
+    rows = json.loads(invoke("images", "--format", "json"))
+    assert [(r["repository"], r["tag"], r["id"]) for r in rows] == [
+        ("app", "1", digest),
+        ("app", "2", digest),
+    ]
+    table = invoke("images")
+    assert table.splitlines()[0].split()[:3] == ["REPOSITORY", "TAG", "IMAGE"]
+    assert digest[7:19] in table
+    info = json.loads(invoke("inspect", "app:2"))
+    assert info["Id"] == digest and "Manifest" in info and "Config" in info
+    invoke("export", "app:1", str(tmp_path / "out.tar"), "--format", "docker-archive")
+    invoke("export", "app:1", str(tmp_path / "layout"))
+    assert (tmp_path / "layout" / "index.json").is_file()
+    invoke("unpack", "app:1", str(tmp_path / "rootfs"))
+    assert (tmp_path / "rootfs" / "etc" / "motd").read_bytes() == b"hello\n"
+    assert invoke("rmi", "app:2") == "Untagged: app:2\n"
+    out = invoke("rmi", "app:1")
+    assert f"Deleted: {digest}" in out
+    assert json.loads(invoke("images", "--format", "json")) == []
+    assert "no such image" in invoke("rmi", "app:1", ok=False)
+    assert "invalid" in invoke("inspect", "UPPER", ok=False)
+
+
+@pytest.mark.root
+def test_container_commands(run: Invoke, tmp_path: Path) -> None:
+    invoke = run
+    write_oci_layout(tmp_path / "src", [Image("app:1", [BASE, TOP])])
+    invoke("import", str(tmp_path / "src"))
+    container_id = invoke("create", "app:1", "--name", "box").strip()
+    rows = json.loads(invoke("ps", "--format", "json"))
+    assert [(r["id"], r["name"], r["image_ref"]) for r in rows] == [(container_id, "box", "app:1")]
+    assert "box" in invoke("ps")
+    upper = Path(rows[0]["path"]) / "upper"
+    (upper / "etc").mkdir()
+    (upper / "etc" / "new").write_text("x")
+    os.mknod(upper / "etc" / "motd", stat.S_IFCHR, 0)
+    assert invoke("diff", "box").splitlines() == ["C /etc", "D /etc/motd", "A /etc/new"]
+    digest = invoke("commit", "box", "app:2", "--compression", "gzip", "-m", "hi").strip()
+    info = json.loads(invoke("inspect", "app:2"))
+    assert info["Id"] == digest
+    assert info["Config"]["history"][-1]["comment"] == "hi"
+    assert info["Manifest"]["layers"][-1]["mediaType"].endswith("tar+gzip")
+    invoke("squash", "app:2", "flat:1")
+    invoke("unpack", "flat:1", str(tmp_path / "flat"))
+    assert (tmp_path / "flat" / "etc" / "new").read_text() == "x"
+    assert invoke("rm", "box") == "box\n"
+    assert json.loads(invoke("ps", "--format", "json")) == []
+    assert "no such container" in invoke("diff", "box", ok=False)
