@@ -9,6 +9,7 @@ or a handle of ours is open on it, so an unlinked file that is still open keeps 
 from __future__ import annotations
 
 import errno
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from layerfs.errors import oserror
 
 if TYPE_CHECKING:
     from layerfs import Node
+
+log = logging.getLogger(__name__)
 
 ROOT_INODE = int(pyfuse3.ROOT_INODE)
 
@@ -57,6 +60,11 @@ class InodeTable:
         slot = self._slots.get(node.ino)
         if slot is None:
             slot = self._slots[node.ino] = _Slot(node)
+        elif slot.node is not node:
+            # The stack handed out a number the kernel still holds for another object: the
+            # newer node is the one reachable by name, so it takes the number over.
+            log.warning("inode %d now names %r (was %r)", node.ino, node, slot.node)
+            slot.node = node
         slot.lookups += 1
         return node.ino
 

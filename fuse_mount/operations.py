@@ -77,10 +77,23 @@ def _boundary(
             log.exception("%s%r failed", name, args)
             raise FUSEError(errno.EIO) from None
         if debug:
-            log.debug("<- %s: %r", name, result)
+            log.debug("<- %s: %s", name, _describe(result))
         return result
 
     return wrapper
+
+
+def _describe(result: object) -> str:
+    """A short, readable form of a handler's answer for the debug log."""
+    if isinstance(result, pyfuse3.EntryAttributes):
+        return f"ino={result.st_ino} mode={result.st_mode:o} size={result.st_size}"
+    if isinstance(result, pyfuse3.FileInfo):
+        return f"fh={result.fh} keep_cache={result.keep_cache}"
+    if isinstance(result, tuple):
+        return ", ".join(_describe(item) for item in result)
+    if isinstance(result, bytes) and len(result) > 64:
+        return f"<{len(result)} bytes>"
+    return repr(result)
 
 
 class Operations(pyfuse3.Operations):
