@@ -97,7 +97,9 @@ def _xattrs(path: Path) -> dict[str, bytes]:
     return out
 
 
-def snapshot(root: Path, *, mtimes: bool = True, owners: bool = True) -> dict[str, tuple]:  # type: ignore[type-arg]
+def snapshot(
+    root: Path, *, mtimes: bool = True, owners: bool = True, dir_mtimes: bool = True
+) -> dict[str, tuple]:  # type: ignore[type-arg]
     """path -> (kind, mode, uid, gid, mtime, content/target/rdev, xattrs) for every object."""
     out: dict[str, tuple] = {}  # type: ignore[type-arg]
     for dirpath, dirnames, filenames in os.walk(root):
