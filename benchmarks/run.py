@@ -10,6 +10,7 @@ undone in ``finally`` blocks, also on Ctrl-C or SIGTERM; scratch trees are remov
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -191,14 +192,12 @@ def results_dir(parent: Path, info: dict[str, Any], quick: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = make_config(args)
     signal.signal(signal.SIGTERM, _terminate)
     info = meta.collect({k: str(v) for k, v in vars(args).items()})
-    info |= {"quick": config.quick, "reps": config.reps, "seed": config.seed}
-    info["sizes"] = asdict(config.sizes)
     recorder = Recorder()
-    scratch = config.workdir / "scratch"
     interrupted = False
+    config = make_config(args)
+    scratch = config.workdir / "scratch"
     try:
         measure(config, recorder, scratch)
     except KeyboardInterrupt:
@@ -206,17 +205,22 @@ def main(argv: list[str] | None = None) -> int:
         recorder.skip("run interrupted: results are partial")
     finally:
         cleanup(config, scratch)
+    info |= {"quick": config.quick, "reps": config.reps, "seed": config.seed}
+    info |= {"sizes": asdict(config.sizes), "load_average_end": list(os.getloadavg())}
     rows = summarize(recorder.samples)
     verdicts = evaluate(rows)
     text = report.text_report(rows, verdicts, recorder.skipped, info)
     print(text, end="")
-    report.write_raw(results_dir(args.results, info, config.quick), recorder.samples, info, text)
+    raw = results_dir(args.results, info, config.quick)
+    report.write_raw(raw, recorder.samples, info, text)
+    print(f"raw results: {raw}", file=sys.stderr)
     if args.json:
         doc = report.json_document(rows, verdicts, recorder.samples, recorder.skipped, info)
         report.write_json(args.json, doc)
-    if args.plots:
-        for path in plots.write_plots(rows, args.plots):
-            print(f"plot: {path}", file=sys.stderr)
+    for directory in (raw, args.plots):
+        if directory is not None:
+            for path in plots.write_plots(rows, directory):
+                print(f"plot: {path}", file=sys.stderr)
     return 130 if interrupted else 0
 
 
