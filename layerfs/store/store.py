@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from layerfs.errors import DigestMismatchError, NotFoundError, StoreError
+from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
 from layerfs.store import archive, gc
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.containers import Container, ContainerStore
@@ -42,7 +42,6 @@ from layerfs.store.lock import StoreLock
 from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
 from layerfs.store.progress import NoProgress, Progress
 from layerfs.store.refs import (
-    BadReferenceError,
     Reference,
     parse_reference,
     parse_tagged,
@@ -455,8 +454,9 @@ class Store:
         with self.writing():
             image = self.resolve(image_ref)
             self.layer_dirs(image, progress)
-            ref_text = str(image_ref) if _try_parse(str(image_ref)) else None
-            return self._containers.create(image.digest, ref_text, image.diff_ids, name)
+            return self._containers.create(
+                image.digest, _display_name(image, image_ref), image.diff_ids, name
+            )
 
     def remove_container(self, name_or_id: str) -> Container:
         """Delete a container's upper, workdir and record; then gc what only it kept."""
@@ -479,6 +479,14 @@ class Store:
             lowers = self.layer_dirs(self._image(box.image))
             return MountSpec(lowers, box.upper, box.work)
         return MountSpec(self.layer_dirs(self.resolve(name)), None, None)
+
+
+def _display_name(image: Image, ref: str | Reference) -> str | None:
+    """The tag a container shows for its image: the one asked for, else the image's first."""
+    parsed = ref if isinstance(ref, Reference) else _try_parse(ref)
+    if parsed is not None and parsed.tag is not None and parsed.tagged in image.names:
+        return parsed.tagged
+    return image.names[0] if image.names else None
 
 
 def _try_parse(text: str) -> Reference | None:
