@@ -18,6 +18,7 @@ import zstandard
 
 from layerfs.errors import LayerFormatError
 from layerfs.tar._streams import CHUNK
+from layerfs.tar._zstdframes import ZstdFrameWalker
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -119,6 +120,31 @@ class _Decompressed(io.RawIOBase):
         return len(data)
 
 
+class _FrameChecked(io.RawIOBase):
+    """Passes compressed bytes through while a :class:`ZstdFrameWalker` follows the frames."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self._src = src
+        self._walker = ZstdFrameWalker()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        if data:
+            self._walker.feed(data)
+        else:
+            self._walker.finish()
+        return data
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _read_head(src: BinaryIO) -> bytes:
     head = b""
     while len(head) < HEAD_SIZE:
@@ -133,7 +159,8 @@ def open_decompressed(src: BinaryIO) -> BinaryIO:
     """A stream of the uncompressed tar inside blob *src*, chosen by its magic bytes.
 
     Reads *src* sequentially (it need not be seekable) and never closes it. Multi-frame zstd
-    and multi-member gzip are read to their end.
+    and multi-member gzip are read to their end; a stream cut short raises
+    :class:`LayerFormatError` when its end is reached.
     """
     head = _read_head(src)
     kind = detect_compression(head)
@@ -144,8 +171,9 @@ def open_decompressed(src: BinaryIO) -> BinaryIO:
         inner = cast(BinaryIO, gzip.GzipFile(fileobj=rest, mode="rb"))
     else:
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+        checked = cast(BinaryIO, _FrameChecked(rest))
         inner = cast(
             BinaryIO,
-            dctx.stream_reader(rest, read_size=CHUNK, read_across_frames=True, closefd=False),
+            dctx.stream_reader(checked, read_size=CHUNK, read_across_frames=True, closefd=False),
         )
     return cast(BinaryIO, _Decompressed(inner, kind))
