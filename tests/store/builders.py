@@ -150,8 +150,12 @@ def write_oci_layout(dest: Path, images: list[Image], flavour: str = "oci") -> d
     return out
 
 
-def write_docker_archive(dest: Path, images: list[Image]) -> None:
-    """Write *images* as a ``docker save`` tarball (legacy layout: ``<id>/layer.tar``)."""
+def write_docker_archive(dest: Path, images: list[Image], *, blob_paths: bool = False) -> None:
+    """Write *images* as a ``docker save`` tarball.
+
+    Legacy layout (``<id>/layer.tar``, ``<hex>.json``), or with *blob_paths* the layout of
+    newer Docker versions, which name everything ``blobs/sha256/<hex>``.
+    """
     manifest = []
     with tarfile.open(dest, "w") as tar:
 
@@ -165,12 +169,14 @@ def write_docker_archive(dest: Path, images: list[Image]) -> None:
             diff_ids = [sha(t) for t in tars]
             names = []
             for t, diff_id in zip(tars, diff_ids, strict=True):
-                name = f"{diff_id[7:]}/layer.tar"
+                name = f"blobs/sha256/{diff_id[7:]}" if blob_paths else f"{diff_id[7:]}/layer.tar"
                 if name not in names:
                     add(name, t)
                 names.append(name)
             config = _config(image, diff_ids)
-            config_name = f"{sha(config)[7:]}.json"
+            config_name = (
+                f"blobs/sha256/{sha(config)[7:]}" if blob_paths else f"{sha(config)[7:]}.json"
+            )
             add(config_name, config)
             tags = [image.name] if image.name else []
             manifest.append({"Config": config_name, "RepoTags": tags, "Layers": names})

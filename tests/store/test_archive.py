@@ -69,12 +69,18 @@ def test_docker_archive_export_then_import(store: Store, tmp_path: Path) -> None
     assert sorted(os.listdir(tmp_path / "a" / "etc")) == sorted(os.listdir(tmp_path / "b" / "etc"))
 
 
-def test_docker_save_tarball_import(tmp_path: Path) -> None:
-    write_docker_archive(
-        tmp_path / "save.tar", [Image("x/one:1", [BASE]), Image("x/two:2", [BASE, TOP])]
-    )
+@pytest.mark.parametrize("blob_paths", [False, True], ids=["legacy", "blob-paths"])
+@pytest.mark.parametrize("as_dir", [False, True], ids=["tarball", "directory"])
+def test_docker_save_import(tmp_path: Path, blob_paths: bool, as_dir: bool) -> None:
+    images_in = [Image("x/one:1", [BASE]), Image("x/two:2", [BASE, TOP])]
+    write_docker_archive(tmp_path / "save.tar", images_in, blob_paths=blob_paths)
+    source = tmp_path / "save.tar"
+    if as_dir:
+        with tarfile.open(source) as tar:
+            tar.extractall(tmp_path / "save", filter="data")
+        source = tmp_path / "save"
     store = Store.open(tmp_path / "store")
-    images = store.import_path(tmp_path / "save.tar")
+    images = store.import_path(source)
     assert [im.names for im in images] == [("x/one:1",), ("x/two:2",)]
     one, two = images
     assert store.layer_dirs(one) == store.layer_dirs(two)[1:]

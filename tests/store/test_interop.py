@@ -219,6 +219,11 @@ def test_layerfs_commit_read_by_skopeo_and_umoci(tmp_path: Path, compression: Co
         assert stack_tree(stack) == container_view
     assert box.upper.is_dir()
 
+    store.export("mine:1", tmp_path / "mine.tar", format="docker-archive")
+    # skopeo finds the image by its RepoTags entry and reads the uncompressed layers.
+    archived = json.loads(sh("skopeo", "inspect", f"docker-archive:{tmp_path / 'mine.tar'}:mine:1"))
+    assert archived["Layers"] == image.diff_ids
+
     sh("skopeo", "copy", f"oci:{store.root}:mine:1", f"oci:{tmp_path / 'copy'}:mine")
     copied = json.loads(sh("skopeo", "inspect", "--raw", f"oci:{tmp_path / 'copy'}:mine"))
     assert [layer["digest"] for layer in copied["layers"]] == [d.digest for d in image.layers]
