@@ -242,7 +242,44 @@ class StackCore:
         return ino
 
     def new_ino(self, st: os.stat_result) -> int:
-        return self._ino_for((UPPER, st.st_dev, st.st_ino))
+        """A fresh number for an object the stack just created in the upper.
+
+        Never reuses a number: the host may hand out the inode of a deleted object again
+        while the kernel still remembers the old node under its number.
+        """
+        ino = self._next_ino
+        self._next_ino += 1
+        self._inos[(UPPER, st.st_dev, st.st_ino)] = ino
+        return ino
+
+    def forget_upper(self, st: os.stat_result) -> None:
+        """The host object *st* is being deleted from the upper: its identity may be reused."""
+        key = (UPPER, st.st_dev, st.st_ino)
+        self._inos.pop(key, None)
+        self._linked.pop(key, None)
+
+    def forget(self, node: Node) -> None:
+        """Drop a node nobody refers to any more from the node tree, to bound memory.
+
+        The FUSE mount calls this when the kernel forgets an inode. A node that still has
+        open handles or cached children is kept (children point to their parent node).
+        Looking the name up again gives a new node with the same inode number.
+        """
+        with self.lock:
+            if node is self.root or node.handles > 0 or node.children:
+                return
+            for alias in node.aliases:
+                parent = alias.parent
+                if parent is not None and parent.children.get(alias.name) is node:
+                    del parent.children[alias.name]
+            if not node.is_dir:
+                for key in [k for k, n in self._linked.items() if n is node]:
+                    del self._linked[key]
+            node.close_fds()
+
+    def register_copy(self, node: Node, st: os.stat_result) -> None:
+        """A whole-tree copy made a new upper object for *node*: keep the node's number."""
+        self._inos[(UPPER, st.st_dev, st.st_ino)] = node.ino
 
     def register_upper(self, node: Node, st: os.stat_result) -> None:
         """Let the upper copy of *node* keep the node's inode number."""

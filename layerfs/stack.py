@@ -23,7 +23,7 @@ from typing import Any
 
 from layerfs import copyup, hostfs
 from layerfs.core import StackCore
-from layerfs.errors import oserror
+from layerfs.errors import ConfigError, oserror
 from layerfs.handle import FileHandle
 from layerfs.node import DIR, LNK, REG, UPPER, Alias, IndexEntry, MergedIndex, Node
 from layerfs.options import StackOptions, StackSpec, parse_mount_options
@@ -72,7 +72,9 @@ class Stack(StackCore):
     @classmethod
     def from_mount_options(cls, text: str) -> Stack:
         """Assemble from overlay syntax: ``lowerdir=A:B,upperdir=U,workdir=W``."""
-        spec, _ = parse_mount_options(text)
+        spec, rest = parse_mount_options(text)
+        if rest:
+            raise ConfigError(f"unknown stack option: {rest[0]}")
         return cls.from_spec(spec)
 
     def close(self) -> None:
@@ -507,6 +509,7 @@ class Stack(StackCore):
         upper_fd = self.dirfd(parent, UPPER)
         needs_whiteout = name in index.lower_names
         if alias.in_upper:
+            self._forget_host(upper_fd, name)
             self._remove_upper(upper_fd, name, node.is_dir, needs_whiteout)
         elif needs_whiteout:
             self._make_whiteout(upper_fd, name)
@@ -533,6 +536,12 @@ class Stack(StackCore):
         tmp = self.tmpname()
         hostfs.rename_at(upper_fd, name, self.work_fd, tmp)
         hostfs.remove_tree(self.work_fd, tmp)
+
+    def _forget_host(self, upper_fd: int, name: str) -> None:
+        """The upper object *name* is about to go: free its host identity for reuse."""
+        st = hostfs.lstat_or_none(upper_fd, name)
+        if st is not None and (stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1):
+            self.forget_upper(st)
 
     def _make_whiteout(self, upper_fd: int, name: str) -> None:
         if self.options.upper_format.whiteouts is WhiteoutStyle.CHARDEV:
@@ -631,6 +640,8 @@ class Stack(StackCore):
     def _clear_target(self, parent: Node, name: str, dst: Node, upper_fd: int) -> None:
         """Drop the object a rename replaces from the node tree (and an upper dir from disk)."""
         dst_alias = _alias_at(dst, parent, name)
+        if dst_alias.in_upper:
+            self._forget_host(upper_fd, name)
         if dst.is_dir and dst_alias.in_upper:
             tmp = self.tmpname()
             hostfs.rename_at(upper_fd, name, self.work_fd, tmp)
@@ -758,6 +769,7 @@ class Stack(StackCore):
             else:
                 self._copy_leaf(child, child_fd, name, links)
         _copy_attrs(src_fd, src_name, dst_fd, dst_name, st)
+        self.register_copy(node, hostfs.lstat_at(dst_fd, dst_name))
 
     def _copy_leaf(
         self, node: Node, dst_fd: int, name: str, links: dict[int, tuple[int, str]]
@@ -784,6 +796,7 @@ class Stack(StackCore):
         else:
             os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst_fd)
         _copy_attrs(src_fd, src_name, dst_fd, name, st)
+        self.register_copy(node, hostfs.lstat_at(dst_fd, name))
         if len(node.aliases) > 1:
             links[node.ino] = (dst_fd, name)
 
