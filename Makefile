@@ -12,7 +12,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr zstd \
 	fuse-overlayfs umoci skopeo busybox-static runc docker-registry apache2-utils
 
-.PHONY: demo test lint typecheck bench deps venv clean
+.PHONY: demo test lint typecheck bench deps venv clean install-helper
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Lets mount(8) and /etc/fstab mount `-t fuse.layerfs` (mount runs /sbin/mount.fuse.layerfs).
+install-helper: $(STAMP)
+	$(SUDO) ln -sf "$(CURDIR)/$(VENV)/bin/mount.fuse.layerfs" /sbin/mount.fuse.layerfs
 
 demo: $(STAMP)
 	$(PY) -m layerfs.demo
