@@ -1,0 +1,99 @@
+"""``layerfs layer apply|create`` through click's runner."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from layerfs.cli.layer import layer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _upper(tmp_path: Path) -> Path:
+    up = tmp_path / "upper"
+    (up / "d").mkdir(parents=True)
+    (up / "d" / "f").write_bytes(b"content")
+    (up / ".wh.gone").write_bytes(b"")
+    return up
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_create_then_apply(tmp_path: Path, compression: str) -> None:
+    runner = CliRunner()
+    blob = tmp_path / "blob"
+    res = runner.invoke(
+        layer, ["create", str(_upper(tmp_path)), str(blob), "--compression", compression]
+    )
+    assert res.exit_code == 0, res.output
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert f"digest     {digest}" in res.output
+    assert "diff_id    sha256:" in res.output
+    assert not (tmp_path / "blob.partial").exists()
+
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "gone").write_bytes(b"old")
+    res = runner.invoke(layer, ["apply", str(blob), str(rootfs)])
+    assert res.exit_code == 0, res.output
+    assert f"digest  {digest}" in res.output
+    assert sorted(os.listdir(rootfs)) == ["d"]
+
+    res = runner.invoke(layer, ["apply", "--as-layer", str(blob), str(tmp_path / "lower")])
+    assert res.exit_code == 0, res.output
+    if os.geteuid() == 0:
+        st = (tmp_path / "lower" / "gone").lstat()
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    else:
+        assert (tmp_path / "lower" / ".wh.gone").exists()
+
+
+def test_help_texts() -> None:
+    runner = CliRunner()
+    for args in (["--help"], ["apply", "--help"], ["create", "--help"]):
+        res = runner.invoke(layer, args)
+        assert res.exit_code == 0
+        assert "layer" in res.output.lower()
+    assert "--as-layer" in runner.invoke(layer, ["apply", "--help"]).output
+    assert "--lower" in runner.invoke(layer, ["create", "--help"]).output
+
+
+def test_apply_refuses_unsafe_layer(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("../escape")
+        tf.addfile(info, io.BytesIO(b""))
+    blob = tmp_path / "evil.tar"
+    blob.write_bytes(buf.getvalue())
+    (tmp_path / "root").mkdir()
+    res = CliRunner().invoke(layer, ["apply", str(blob), str(tmp_path / "root")])
+    assert res.exit_code != 0
+    assert "../escape" in str(res.exception)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_create_with_lower_for_metacopy(tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "big").write_bytes(b"data below")
+    up = tmp_path / "upper"
+    up.mkdir()
+    (up / "big").write_bytes(b"")
+    os.setxattr(up / "big", "trusted.overlay.metacopy", b"")
+    blob = tmp_path / "blob"
+    runner = CliRunner()
+    res = runner.invoke(
+        layer, ["create", str(up), str(blob), "--lower", str(lower), "--compression", "none"]
+    )
+    assert res.exit_code == 0, res.output
+    assert b"data below" in blob.read_bytes()
+    res = runner.invoke(layer, ["create", str(up), str(tmp_path / "b2")])
+    assert res.exit_code != 0
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "b2.partial").exists()
