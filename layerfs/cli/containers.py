@@ -6,6 +6,8 @@ CONTAINER MNT`` mounts it. These commands only manage the store side.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from layerfs.cli.images import (
@@ -17,6 +19,7 @@ from layerfs.cli.images import (
     progress_bar,
     root_option,
 )
+from layerfs.store.bundle import write_config
 
 _KIND_LETTER = {"ADDED": "A", "CHANGED": "C", "DELETED": "D"}
 
@@ -90,4 +93,31 @@ def commit_cmd(
     click.echo(image.digest)
 
 
-COMMANDS = [create_cmd, ps_cmd, rm_cmd, diff_cmd, commit_cmd]
+@click.command("bundle", context_settings={"ignore_unknown_options": True})
+@root_option
+@click.argument("container")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple[str, ...]) -> None:
+    """Make DIRECTORY an OCI runtime bundle of CONTAINER, for ``runc run --bundle``.
+
+    Writes DIRECTORY/config.json (the process is COMMAND, given after --, or the image's
+    Entrypoint and Cmd) and mounts the container read-write at DIRECTORY/rootfs through FUSE.
+    Unmount with ``layerfs umount DIRECTORY/rootfs``.
+    """
+    from fuse_mount.options import escape_option_value
+    from layerfs.cli.mount import mount_stack
+
+    store = open_store(root)
+    box = store.container(container)
+    config = store.runtime_config(box, list(command) or None)
+    lowers, upper, work = store.mount_spec(box.id)
+    write_config(directory, config)
+    items = ["lowerdir=" + ":".join(escape_option_value(str(p)) for p in lowers)]
+    items.append("upperdir=" + escape_option_value(str(upper)))
+    items.append("workdir=" + escape_option_value(str(work)))
+    mount_stack(items, directory / "rootfs")
+    click.echo(directory)
+
+
+COMMANDS = [create_cmd, ps_cmd, rm_cmd, diff_cmd, commit_cmd, bundle_cmd]

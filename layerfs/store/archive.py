@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from layerfs.errors import DigestMismatchError, LayerFormatError, StoreError
+from layerfs.errors import BadReferenceError, DigestMismatchError, LayerFormatError, StoreError
 from layerfs.store.blobs import BlobStore, digest_bytes, fsync_dir
 from layerfs.store.images import Image, with_tag, with_untagged
 from layerfs.store.layout import INDEX_FILE, OCI_LAYOUT_FILE, check_layout_marker
@@ -43,7 +43,7 @@ from layerfs.store.oci import (
     config_diff_ids,
     load_json,
 )
-from layerfs.store.refs import BadReferenceError, parse_reference
+from layerfs.store.refs import parse_reference
 from layerfs.store.sources import Source
 from layerfs.tar import MEDIA_TYPES, Compression, detect_compression, open_decompressed
 from layerfs.types import Digest
@@ -322,7 +322,7 @@ def _uncompressed_layer(
         if f"sha256:{hasher.hexdigest()}" != diff_id:
             raise LayerFormatError(f"layer {desc.digest} does not match diff_id {diff_id}")
         plain.seek(0)
-        yield plain, size  # type: ignore[misc]
+        yield plain, size
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from layerfs.errors import LayerFormatError, NotFoundError, StoreError
 from layerfs.tar import Compression, detect_compression, open_decompressed
@@ -88,7 +88,7 @@ class TarSource:
             raise LayerFormatError(f"{self._name}: cannot read {path} ({exc})") from exc
         if stream is None:
             raise LayerFormatError(f"{self._name}: member {path} is not a file")
-        return stream
+        return cast(BinaryIO, stream)
 
     def read(self, path: str) -> bytes:
         with self.open(path) as handle:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
-from layerfs.store import archive, gc
+from layerfs.store import archive, bundle, gc
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.containers import Container, ContainerStore
 from layerfs.store.images import (
@@ -471,6 +471,14 @@ class Store:
         box = container if isinstance(container, Container) else self.container(container)
         lowers = self.layer_dirs(self._image(box.image))
         return diff_changes(box.upper, lowers)
+
+    def runtime_config(
+        self, container: str | Container, command: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """An OCI runtime ``config.json`` for the container (see :mod:`layerfs.store.bundle`)."""
+        box = container if isinstance(container, Container) else self.container(container)
+        image = self._image(box.image)
+        return bundle.runtime_config(image.config, command=command, hostname=box.name)
 
     def mount_spec(self, name: str) -> MountSpec:
         """Lowers/upper/work for a container (by name or id) or, failing that, an image ref."""

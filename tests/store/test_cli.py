@@ -17,7 +17,7 @@ from .builders import BASE, TOP, Image, write_oci_layout
 
 COMMANDS = [
     "images", "tag", "rmi", "inspect", "import", "export", "unpack", "squash",
-    "create", "ps", "rm", "diff", "commit",
+    "create", "ps", "rm", "diff", "commit", "bundle",
 ]  # fmt: skip
 Invoke = Callable[..., str]
 

@@ -1,0 +1,115 @@
+"""OCI runtime bundles: config.json from an image config, and a real ``runc run`` on one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerfs.errors import StoreError
+from layerfs.store.bundle import runtime_config
+from layerfs.store.store import Store
+
+from .builders import E, Image, write_oci_layout
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_process_from_image_config() -> None:
+    image = {
+        "config": {
+            "Entrypoint": ["/bin/app"],
+            "Cmd": ["--serve"],
+            "Env": ["PATH=/bin", "A=1"],
+            "WorkingDir": "/srv",
+            "User": "1000:100",
+        }
+    }
+    config = runtime_config(image, command=None, hostname="box")
+    process = config["process"]
+    assert process["args"] == ["/bin/app", "--serve"]
+    assert process["env"] == ["PATH=/bin", "A=1"]
+    assert (process["cwd"], process["user"]) == ("/srv", {"uid": 1000, "gid": 100})
+    assert config["root"] == {"path": "rootfs", "readonly": False}
+    assert config["hostname"] == "box"
+    assert {n["type"] for n in config["linux"]["namespaces"]} >= {"pid", "mount"}
+    explicit = runtime_config(image, command=["/bin/sh"], hostname="box")
+    assert explicit["process"]["args"] == ["/bin/sh"]
+
+
+def test_process_defaults_and_refusals() -> None:
+    config = runtime_config({}, command=["/bin/true"], hostname="h")
+    assert config["process"]["cwd"] == "/" and config["process"]["user"] == {"uid": 0, "gid": 0}
+    assert config["process"]["env"][0].startswith("PATH=")
+    assert runtime_config({"config": {"User": "7"}}, command=["x"], hostname="h")["process"][
+        "user"
+    ] == {"uid": 7, "gid": 7}
+    with pytest.raises(StoreError):
+        runtime_config({}, command=None, hostname="h")
+    with pytest.raises(StoreError):
+        runtime_config({"config": {"User": "nobody"}}, command=["x"], hostname="h")
+
+
+def _layerfs(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "from layerfs.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+@pytest.mark.interop
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not (shutil.which("runc") and shutil.which("busybox")), reason="needs runc")
+def test_runc_runs_a_bundle(tmp_path: Path) -> None:
+    busybox = Path(shutil.which("busybox") or "").read_bytes()
+    layer = [
+        E("bin", "dir"),
+        E("bin/busybox", data=busybox, mode=0o755),
+        E("bin/sh", "symlink", target="busybox"),
+        E("etc", "dir"),
+        E("etc/motd", data=b"from the image\n"),
+    ]
+    write_oci_layout(tmp_path / "src", [Image("bb:1", [layer])])
+    root = tmp_path / "store"
+    store = Store.open(root)
+    store.import_path(tmp_path / "src")
+    store.create_container("bb:1", name="box")
+    bundle = tmp_path / "bundle"
+    result = _layerfs(
+        "bundle", "--root", root, "box", bundle, "--",
+        "/bin/sh", "-c", "echo written > /out; cat /etc/motd",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    try:
+        assert (bundle / "config.json").is_file()
+        assert (bundle / "rootfs" / "etc" / "motd").read_bytes() == b"from the image\n"
+        run = subprocess.run(
+            ["runc", "run", "--bundle", str(bundle), f"layerfs-test-{secrets.token_hex(4)}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == "from the image\n"
+    finally:
+        done = _layerfs("umount", bundle / "rootfs")
+        if done.returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(bundle / "rootfs")], check=False)
+    changes = [f"{c.kind.name} {c.path}" for c in Store.open(root).diff("box")]
+    assert "ADDED /out" in changes
+    assert (store.container("box").upper / "out").read_text() == "written\n"
