@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import SubprocessError
 from typing import TypeVar
 
 from benchmarks.cache import drop_caches
@@ -64,7 +65,7 @@ class Runner:
                     _progress(f"{workload.name} {variant} rep {rep + 1}: {system.name}")
                     try:
                         self._cycle(workload, variant, depth, system, rep, stack, expected)
-                    except (MountError, WorkloadError, OSError) as exc:
+                    except (MountError, WorkloadError, OSError, SubprocessError) as exc:
                         self._failed.add((workload.name + variant, system.name))
                         self.recorder.skip(
                             f"{system.name} failed {workload.name} {variant}".rstrip() + f": {exc}"
@@ -107,13 +108,15 @@ class Runner:
             workload.name, variant, system.name, rep, per_op, system.is_fuse, self.recorder
         )
         with self._mounted(system, stack, depth, upper) as (path, pid):
+            # The first pass is the cold one; it runs (untimed) even when cold is not
+            # wanted, so that warm is always a second pass and fresh finds a warm host cache.
             if "cold" in states:
                 drop_caches()
-                sample.time("cold", *self._timed(workload, path, stack, expected))
-            if "warm" in states or "cold" not in states:
-                seconds, count = self._timed(workload, path, stack, expected)
-                if "warm" in states:
-                    sample.time("warm", seconds, count)
+            first = self._timed(workload, path, stack, expected)
+            if "cold" in states:
+                sample.time("cold", *first)
+            if "warm" in states:
+                sample.time("warm", *self._timed(workload, path, stack, expected))
             sample.rss("warm", pid)
         if "fresh" in states:
             with self._mounted(system, stack, depth, upper) as (path, pid):

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from benchmarks import layout, report, stacks
-from benchmarks.config import QUICK
-from benchmarks.mounts import MountSpec, mounts_under, overlay_options
-from benchmarks.results import Row, Sample, Stat, ratios, summarize
+from benchmarks.config import QUICK, RunConfig
+from benchmarks.mounts import Mounted, MountError, MountSpec, System, mounts_under, overlay_options
+from benchmarks.results import Recorder, Row, Sample, Stat, ratios, summarize
 from benchmarks.run import results_dir
-from benchmarks.schedule import rotate
+from benchmarks.schedule import Runner, rotate
 from benchmarks.targets import evaluate
+from benchmarks.workloads import Workload
 from layerfs.whiteout import OPAQUE_VALUE, UpperFormat, is_whiteout_stat
 
 
@@ -188,3 +191,72 @@ def test_nothing_is_mounted_under_a_fresh_directory(tmp_path: Path) -> None:
     assert mounts_under(tmp_path) == []
     assert Path("/") in mounts_under(Path("/"))
     assert stat.S_ISDIR(os.stat(tmp_path).st_mode)
+
+
+class _FakeSystem(System):
+    """Mounts nothing; logs every mount so the cycle's shape can be checked."""
+
+    def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
+        self.name = name
+        self.log = log
+        self.fail = fail
+
+    @contextmanager
+    def mount(self, spec: MountSpec, target: Path) -> Iterator[Mounted]:
+        self.log.append(f"mount {self.name}")
+        if self.fail:
+            raise MountError("no such thing")
+        yield Mounted(spec.flat)
+
+
+def _runner(tmp_path: Path, systems: list[System], states: tuple[str, ...]) -> Runner:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    stack = stacks.BuiltStack("wide", tmp_path, (flat,), flat, (), (), ())
+    config = RunConfig(QUICK, True, 2, 1, tmp_path, False, False, ("stat",), (), states)
+    return Runner(config, systems, {"wide": stack}, Recorder(), tmp_path / "scratch")
+
+
+def _counting_workload(log: list[str]) -> Workload:
+    def run(root: Path, stack: stacks.BuiltStack, sizes: object) -> int:
+        log.append("pass")
+        return 7
+
+    return Workload("stat", "wide", "read", "test", run, lambda s, z: 7)
+
+
+def test_cycle_runs_warm_as_a_second_pass_and_fresh_on_a_new_mount(tmp_path: Path) -> None:
+    log: list[str] = []
+    runner = _runner(tmp_path, [_FakeSystem("a", log), _FakeSystem("b", log)], ("warm", "fresh"))
+    runner.run(_counting_workload(log))
+    one_cycle = ["pass", "pass", "mount {0}", "pass"]
+    assert log == [
+        *(x.format("a") for x in ["mount {0}", *one_cycle]),
+        *(x.format("b") for x in ["mount {0}", *one_cycle]),
+        *(x.format("b") for x in ["mount {0}", *one_cycle]),
+        *(x.format("a") for x in ["mount {0}", *one_cycle]),
+    ]
+    states = sorted((s.system, s.state, s.rep) for s in runner.recorder.samples)
+    assert states == sorted(
+        (system, state, rep) for system in "ab" for state in ("warm", "fresh") for rep in (0, 1)
+    )
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+def test_a_failing_system_is_reported_and_dropped_from_the_workload(tmp_path: Path) -> None:
+    log: list[str] = []
+    bad = _FakeSystem("bad", log, fail=True)
+    runner = _runner(tmp_path, [bad, _FakeSystem("good", log)], ("fresh",))
+    runner.run(_counting_workload(log))
+    assert log.count("mount bad") == 1
+    assert runner.recorder.skipped == ["bad failed stat: no such thing"]
+    assert {s.system for s in runner.recorder.samples} == {"good"}
+
+
+def test_a_wrong_count_fails_the_workload(tmp_path: Path) -> None:
+    log: list[str] = []
+    runner = _runner(tmp_path, [_FakeSystem("a", log)], ("warm",))
+    wrong = Workload("stat", "wide", "read", "test", lambda r, s, z: 6, lambda s, z: 7)
+    runner.run(wrong)
+    assert runner.recorder.samples == []
+    assert "counted 6, expected 7" in runner.recorder.skipped[0]

@@ -31,6 +31,7 @@ pytestmark = [
     pytest.mark.kernel,
     pytest.mark.fuse,
     pytest.mark.slow,
+    pytest.mark.interop,
     pytest.mark.skipif(
         not all(shutil.which(t) for t in ("fuse-overlayfs", "umoci", "zstd")),
         reason="needs fuse-overlayfs, umoci and zstd",
@@ -46,7 +47,7 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def _harness(*args: str, env: dict[str, str] | None = None) -> list[str]:
+def _harness(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks.run", "--quick", *args]
 
 
