@@ -60,6 +60,7 @@ from layerfs.tar import (
     diff_changes,
 )
 from layerfs.types import Digest
+from layerfs.whiteout import UpperFormat
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,16 @@ def default_root() -> Path:
         return SYSTEM_ROOT
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "layerfs"
+
+
+def layer_format() -> UpperFormat:
+    """How unpacked layers record whiteouts and opaque directories for this user.
+
+    Root writes the kernel's form (0/0 character devices, ``trusted.overlay.opaque``), which
+    kernel overlayfs and layerfs both read; an unprivileged user cannot create those and
+    writes ``.wh.`` files and ``user.overlay.opaque``, which layerfs reads (the FUSE mount).
+    """
+    return UpperFormat() if os.geteuid() == 0 else UpperFormat.unprivileged()
 
 
 class MountSpec(NamedTuple):
@@ -258,7 +269,7 @@ class Store:
                 result = apply_layer(
                     self.blobs.path(desc.digest),
                     staging / "layer",
-                    options=ApplyOptions(mode=ApplyMode.LAYER),
+                    options=ApplyOptions(mode=ApplyMode.LAYER, upper_format=layer_format()),
                     progress=progress.advance,
                 )
                 _check_applied(desc, diff_id, result)

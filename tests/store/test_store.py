@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
+import layerfs.store.store as store_module
+from layerfs import Stack
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
 from layerfs.store.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST
 from layerfs.store.store import Store, default_root
@@ -287,3 +290,19 @@ def test_extra_layer_kinds(store: Store, tmp_path: Path) -> None:
     assert image.layers[0].digest == image.diff_ids[0]
     (layer,) = store.layer_dirs(image)
     assert (layer / "f").read_bytes() == b"x"
+
+
+def test_unprivileged_layer_format(
+    store: Store, imported: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without root, layers record whiteouts as .wh. files and user.overlay.opaque."""
+    with Stack(store.layer_dirs(store.resolve("app:1"))) as stack:
+        expected = {p: stack.listdir(p) for p in ("/", "/etc", "/usr/lib")}
+    for path in store.layout.layers_dir.iterdir():  # unpack again, as a user would
+        shutil.rmtree(path)
+    monkeypatch.setattr(store_module.os, "geteuid", lambda: 1000)
+    top, _ = store.layer_dirs(store.resolve("app:1"))
+    assert (top / "etc" / ".wh.gone").is_file()
+    assert os.getxattr(top / "usr" / "lib", "user.overlay.opaque") == b"y"
+    with Stack(store.layer_dirs(store.resolve("app:1"))) as stack:
+        assert {p: stack.listdir(p) for p in expected} == expected
