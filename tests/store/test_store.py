@@ -16,6 +16,7 @@ from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError
 from layerfs.store.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST
 from layerfs.store.store import Store, default_root
 from layerfs.tar import ChangeKind, Compression
+from layerfs.whiteout import UpperFormat
 
 from .builders import BASE, TOP, E, Image, sha, write_oci_layout
 from .helpers import tree_files
@@ -300,7 +301,7 @@ def test_unprivileged_layer_format(
         expected = {p: stack.listdir(p) for p in ("/", "/etc", "/usr/lib")}
     for path in store.layout.layers_dir.iterdir():  # unpack again, as a user would
         shutil.rmtree(path)
-    monkeypatch.setattr(store_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(store_module, "layer_format", UpperFormat.unprivileged)
     top, _ = store.layer_dirs(store.resolve("app:1"))
     assert (top / "etc" / ".wh.gone").is_file()
     assert os.getxattr(top / "usr" / "lib", "user.overlay.opaque") == b"y"
