@@ -40,6 +40,24 @@ def rotate(items: list[T], rep: int) -> list[T]:
     return items[k:] + items[:k]
 
 
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """One system's turn at one workload variant in one repetition."""
+
+    workload: Workload
+    variant: str
+    depth: int | None  # for *deep*: how many lowers; None: all of them
+    system: System
+    rep: int
+    stack: BuiltStack
+    expected: int  # the count a correct pass returns
+
+    def sample(self, state: str, metric: str, value: float) -> Sample:
+        return Sample(
+            self.workload.name, self.variant, state, metric, self.system.name, self.rep, value
+        )
+
+
 @dataclass(slots=True)
 class Runner:
     """State shared by all workloads of a run."""
@@ -56,155 +74,114 @@ class Runner:
         """Measure *workload* on every system for every repetition."""
         stack = self.stacks[workload.stack]
         expected = workload.expect(stack, self.config.sizes)
-        variants = self._variants(workload)
-        for variant, depth in variants:
+        for variant, depth in self._variants(workload):
             for rep in range(self.config.reps):
                 for system in rotate(self.systems, rep):
-                    if (workload.name + variant, system.name) in self._failed:
-                        continue
-                    _progress(f"{workload.name} {variant} rep {rep + 1}: {system.name}")
-                    try:
-                        self._cycle(workload, variant, depth, system, rep, stack, expected)
-                    except (MountError, WorkloadError, OSError, SubprocessError) as exc:
-                        self._failed.add((workload.name + variant, system.name))
-                        self.recorder.skip(
-                            f"{system.name} failed {workload.name} {variant}".rstrip() + f": {exc}"
-                        )
+                    cycle = Cycle(workload, variant, depth, system, rep, stack, expected)
+                    self._attempt(cycle)
+
+    def _attempt(self, cycle: Cycle) -> None:
+        """Run *cycle* unless its system already failed this variant; report a failure."""
+        what = f"{cycle.workload.name} {cycle.variant}".rstrip()
+        if (what, cycle.system.name) in self._failed:
+            return
+        _progress(f"{what} rep {cycle.rep + 1}: {cycle.system.name}")
+        try:
+            if cycle.workload.kind == "mutate":
+                self._mutation(cycle)
+            else:
+                self._read(cycle)
+        except (MountError, WorkloadError, OSError, SubprocessError) as exc:
+            self._failed.add((what, cycle.system.name))
+            self.recorder.skip(f"{cycle.system.name} failed {what}: {exc}")
 
     def _variants(self, workload: Workload) -> list[tuple[str, int | None]]:
         if workload.kind == "lookup":
             return [(f"depth={d}", d) for d in self.config.sizes.deep_depths]
         return [("", None)]
 
-    def _cycle(
-        self,
-        workload: Workload,
-        variant: str,
-        depth: int | None,
-        system: System,
-        rep: int,
-        stack: BuiltStack,
-        expected: int,
-    ) -> None:
-        if workload.kind == "mutate":
-            self._mutation(workload, system, rep, stack, expected)
-        else:
-            self._read(workload, variant, depth, system, rep, stack, expected)
-
-    def _read(
-        self,
-        workload: Workload,
-        variant: str,
-        depth: int | None,
-        system: System,
-        rep: int,
-        stack: BuiltStack,
-        expected: int,
-    ) -> None:
+    def _read(self, cycle: Cycle) -> None:
         states = self.config.states
-        per_op = workload.kind == "lookup"
-        upper = depth is not None  # deep stacks: d lowers under an empty upper, as containers
-        sample = _SampleMaker(
-            workload.name, variant, system.name, rep, per_op, system.is_fuse, self.recorder
-        )
-        with self._mounted(system, stack, depth, upper) as (path, pid):
+        upper = cycle.depth is not None  # *deep*: d lowers under an empty upper, as containers
+        with self._mounted(cycle, upper) as (path, pid):
             # The first pass is the cold one; it runs (untimed) even when cold is not
             # wanted, so that warm is always a second pass and fresh finds a warm host cache.
             if "cold" in states:
                 drop_caches()
-            first = self._timed(workload, path, stack, expected)
+            first = self._timed(cycle, path)
             if "cold" in states:
-                sample.time("cold", *first)
+                self._record_time(cycle, "cold", *first)
             if "warm" in states:
-                sample.time("warm", *self._timed(workload, path, stack, expected))
-            sample.rss("warm", pid)
+                self._record_time(cycle, "warm", *self._timed(cycle, path))
+            self._record_rss(cycle, "warm", pid)
         if "fresh" in states:
-            with self._mounted(system, stack, depth, upper) as (path, pid):
-                sample.time("fresh", *self._timed(workload, path, stack, expected))
-                sample.rss("fresh", pid)
+            with self._mounted(cycle, upper) as (path, pid):
+                self._record_time(cycle, "fresh", *self._timed(cycle, path))
+                self._record_rss(cycle, "fresh", pid)
 
-    def _mutation(
-        self, workload: Workload, system: System, rep: int, stack: BuiltStack, expected: int
-    ) -> None:
-        sample = _SampleMaker(
-            workload.name, "", system.name, rep, False, system.is_fuse, self.recorder
-        )
-        with self._mounted(system, stack, None, True, copy_flat=True) as (path, pid):
-            seconds, count = self._timed(workload, path, stack, expected)
-            if workload.check is not None:
-                workload.check(path, stack, self.config.sizes)
-            sample.time("fresh", seconds, count)
-            sample.rss("fresh", pid)
+    def _mutation(self, cycle: Cycle) -> None:
+        with self._mounted(cycle, True, copy_flat=True) as (path, pid):
+            seconds, count = self._timed(cycle, path)
+            if cycle.workload.check is not None:
+                cycle.workload.check(path, cycle.stack, self.config.sizes)
+            self._record_time(cycle, "fresh", seconds, count)
+            self._record_rss(cycle, "fresh", pid)
 
-    def _timed(
-        self, workload: Workload, path: Path, stack: BuiltStack, expected: int
-    ) -> tuple[float, int]:
+    def _timed(self, cycle: Cycle, path: Path) -> tuple[float, int]:
+        """One timed pass; raises :class:`WorkloadError` when the count is wrong."""
         start = time.perf_counter_ns()
-        count = workload.run(path, stack, self.config.sizes)
+        count = cycle.workload.run(path, cycle.stack, self.config.sizes)
         seconds = (time.perf_counter_ns() - start) / 1e9
-        if count != expected:
-            raise WorkloadError(f"{workload.name} counted {count}, expected {expected}")
+        if count != cycle.expected:
+            raise WorkloadError(f"{cycle.workload.name} counted {count}, expected {cycle.expected}")
         return seconds, count
+
+    def _record_time(self, cycle: Cycle, state: str, seconds: float, count: int) -> None:
+        if cycle.workload.kind == "lookup":
+            self.recorder.add(cycle.sample(state, "time_per_op", seconds / count))
+        else:
+            self.recorder.add(cycle.sample(state, "time", seconds))
+
+    def _record_rss(self, cycle: Cycle, state: str, pid: int | None) -> None:
+        """Record the daemon's VmHWM; for a FUSE system without a known daemon, say so."""
+        if not cycle.system.is_fuse:
+            return
+        value = None if pid is None else peak_rss(pid)
+        if value is None:
+            self.recorder.skip(f"{cycle.system.name}: peak RSS unknown, daemon process not found")
+        else:
+            self.recorder.add(cycle.sample(state, "peak_rss", value))
 
     @contextmanager
     def _mounted(
-        self,
-        system: System,
-        stack: BuiltStack,
-        depth: int | None,
-        with_upper: bool,
-        copy_flat: bool = False,
+        self, cycle: Cycle, with_upper: bool, copy_flat: bool = False
     ) -> Iterator[tuple[Path, int | None]]:
-        """Mount *stack* on a new mount point under the scratch directory; remove it after."""
+        """Mount the cycle's stack on a new mount point under the scratch directory.
+
+        With *with_upper* the mount gets an empty upper and workdir; with *copy_flat* the
+        plain directory is a fresh copy of the merged tree. All of it is removed afterwards,
+        unless the mount point could not be unmounted (then removing would reach into it).
+        """
         self._serial += 1
-        base = self.scratch / f"{self._serial:05d}-{system.name}"
+        base = self.scratch / f"{self._serial:05d}-{cycle.system.name}"
         target = base / "mnt"
         target.mkdir(parents=True)
-        flat = stack.flat
+        flat = cycle.stack.flat
         try:
-            if copy_flat and system.name == "plain":
+            if copy_flat and cycle.system.name == "plain":
                 flat = base / "copy"
-                shutil.copytree(stack.flat, flat, symlinks=True)
+                shutil.copytree(cycle.stack.flat, flat, symlinks=True)
             upper = work = None
             if with_upper:
                 upper, work = base / "upper", base / "work"
                 upper.mkdir()
                 work.mkdir()
-            spec = MountSpec(tuple(stack.lowers(depth)), flat, upper, work)
-            with system.mount(spec, target) as mounted:
+            spec = MountSpec(tuple(cycle.stack.lowers(cycle.depth)), flat, upper, work)
+            with cycle.system.mount(spec, target) as mounted:
                 yield mounted.path, mounted.daemon_pid
         finally:
             if not os.path.ismount(target):
                 shutil.rmtree(base, ignore_errors=True)
-
-
-@dataclass(frozen=True, slots=True)
-class _SampleMaker:
-    workload: str
-    variant: str
-    system: str
-    rep: int
-    per_op: bool
-    is_fuse: bool
-    recorder: Recorder
-
-    def time(self, state: str, seconds: float, count: int) -> None:
-        metric, value = ("time_per_op", seconds / count) if self.per_op else ("time", seconds)
-        self.recorder.add(
-            Sample(self.workload, self.variant, state, metric, self.system, self.rep, value)
-        )
-
-    def rss(self, state: str, pid: int | None) -> None:
-        """Record the daemon's VmHWM; for a FUSE system without a known daemon, say so."""
-        if not self.is_fuse:
-            return
-        value = None if pid is None else peak_rss(pid)
-        if value is None:
-            self.recorder.skip(f"{self.system}: peak RSS unknown, daemon process not found")
-        else:
-            self.recorder.add(
-                Sample(self.workload, self.variant, state, "peak_rss", self.system, self.rep, value)
-            )
 
 
 def _progress(message: str) -> None:
