@@ -132,7 +132,7 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path)
         if store.layout.index_file.exists() and store.layout.tmp_dir.is_dir():
-            if store._lock.try_acquire():
+            if store._try_lock():
                 try:
                     store.layout.ensure()
                     store.layout.sweep_tmp()
@@ -143,6 +143,13 @@ class Store:
                 store.layout.ensure()
                 store.layout.sweep_tmp()
         return store
+
+    def _try_lock(self) -> bool:
+        """Take the write lock if it is free; a reader without write access just reads."""
+        try:
+            return self._lock.try_acquire()
+        except PermissionError:
+            return False
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
