@@ -99,11 +99,11 @@ def commit_cmd(
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple[str, ...]) -> None:
-    """Make DIRECTORY an OCI runtime bundle of CONTAINER, for ``runc run --bundle``.
+    """Make DIRECTORY an OCI runtime bundle of CONTAINER (for runc run --bundle DIRECTORY).
 
     Writes DIRECTORY/config.json (the process is COMMAND, given after --, or the image's
     Entrypoint and Cmd) and mounts the container read-write at DIRECTORY/rootfs through FUSE.
-    Unmount with ``layerfs umount DIRECTORY/rootfs``.
+    Unmount with: layerfs umount DIRECTORY/rootfs
     """
     from fuse_mount.options import escape_option_value
     from layerfs.cli.mount import mount_stack
