@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from layerfs.cli.images import root_option
 from layerfs.errors import ConfigError
 
 
@@ -29,7 +30,8 @@ from layerfs.errors import ConfigError
 @click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
 @click.option("--log", "log_file", metavar="FILE", help="Append the daemon's log to FILE.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
-@click.argument("mountpoint", type=click.Path(path_type=Path))
+@root_option
+@click.argument("targets", nargs=-1, required=True, metavar="[IMAGE|CONTAINER] MOUNTPOINT")
 @click.pass_context
 def mount(
     ctx: click.Context,
@@ -40,15 +42,26 @@ def mount(
     foreground: bool,
     log_file: str | None,
     debug: bool,
-    mountpoint: Path,
+    root: str | None,
+    targets: tuple[str, ...],
 ) -> None:
     """Mount lower layers (and an upper) at MOUNTPOINT; returns once the mount is ready.
 
-    Without an upper directory the mount is read-only.
+    Without an upper directory the mount is read-only. Given IMAGE or CONTAINER from the
+    store instead of --lower, an image mounts read-only and a container read-write.
     """
     from fuse_mount.options import split_option_list
 
-    items = _layer_options(lower, upper, work)
+    if len(targets) > 2:
+        raise click.UsageError("expected [IMAGE|CONTAINER] MOUNTPOINT")
+    source = targets[0] if len(targets) == 2 else None
+    mountpoint = Path(targets[-1])
+    if source is not None:
+        if lower is not None or upper is not None or work is not None:
+            raise ConfigError("give either IMAGE|CONTAINER or --lower/--upper/--work")
+        items = _store_options(root, source)
+    else:
+        items = _layer_options(lower, upper, work)
     for text in options:
         items.extend(split_option_list(text))
     debug = debug or bool(ctx.obj and ctx.obj.get("debug"))
@@ -104,6 +117,18 @@ def mount_stack(
         log_file=log_file.absolute() if log_file else None,
     )
     daemon.start(request, stack)
+
+
+def _store_options(root: str | None, source: str) -> list[str]:
+    """The layers of an image (read-only) or a container (with its upper) in the store."""
+    from layerfs.store import Store
+
+    lowers, upper, work = Store.open(root).mount_spec(source)
+    return _layer_options(
+        ":".join(str(p) for p in lowers),
+        str(upper) if upper is not None else None,
+        str(work) if work is not None else None,
+    )
 
 
 def _layer_options(lower: str | None, upper: str | None, work: str | None) -> list[str]:
