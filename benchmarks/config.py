@@ -83,3 +83,4 @@ class RunConfig:
     workloads: tuple[str, ...]
     systems: tuple[str, ...]
     states: tuple[str, ...]
+    pass_timeout: float = 1800.0  # seconds before a FUSE daemon stuck in one pass is killed

@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="STATE[,..]",
         help="cache states of the read workloads: cold, warm, fresh",
     )
+    p.add_argument(
+        "--pass-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="kill a FUSE daemon whose mount keeps one timed pass busy this long (default 1800)",
+    )
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the stack generator")
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="write summary, targets and samples as JSON"
@@ -114,6 +121,7 @@ def make_config(args: argparse.Namespace) -> RunConfig:
         workloads=tuple(n for n in WORKLOAD_NAMES if n in args.only),
         systems=tuple(n for n in SYSTEMS if n in args.systems),
         states=tuple(s for s in STATES if s in args.states),
+        pass_timeout=args.pass_timeout,
     )
 
 

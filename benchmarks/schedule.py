@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import SubprocessError
@@ -108,29 +110,36 @@ class Runner:
             # wanted, so that warm is always a second pass and fresh finds a warm host cache.
             if "cold" in states:
                 drop_caches()
-            first = self._timed(cycle, path)
+            first = self._timed(cycle, path, pid)
             if "cold" in states:
                 self._record_time(cycle, "cold", *first)
             if "warm" in states:
-                self._record_time(cycle, "warm", *self._timed(cycle, path))
+                self._record_time(cycle, "warm", *self._timed(cycle, path, pid))
             self._record_rss(cycle, "warm", pid)
         if "fresh" in states:
             with self._mounted(cycle, upper) as (path, pid):
-                self._record_time(cycle, "fresh", *self._timed(cycle, path))
+                self._record_time(cycle, "fresh", *self._timed(cycle, path, pid))
                 self._record_rss(cycle, "fresh", pid)
 
     def _mutation(self, cycle: Cycle) -> None:
         with self._mounted(cycle, True, copy_flat=True) as (path, pid):
-            seconds, count = self._timed(cycle, path)
+            seconds, count = self._timed(cycle, path, pid)
             if cycle.workload.check is not None:
                 cycle.workload.check(path, cycle.stack, self.config.sizes)
             self._record_time(cycle, "fresh", seconds, count)
             self._record_rss(cycle, "fresh", pid)
 
-    def _timed(self, cycle: Cycle, path: Path) -> tuple[float, int]:
-        """One timed pass; raises :class:`WorkloadError` when the count is wrong."""
+    def _timed(self, cycle: Cycle, path: Path, pid: int | None) -> tuple[float, int]:
+        """One timed pass; raises :class:`WorkloadError` when the count is wrong.
+
+        A pass on a FUSE mount that outlives the pass timeout has its daemon (the one this run
+        started, *pid*) killed: the kernel then fails the blocked calls with ENOTCONN, and the
+        system is reported as failed instead of hanging the run.
+        """
+        watchdog = Watchdog(pid, self.config.pass_timeout)
         start = time.perf_counter_ns()
-        count = cycle.workload.run(path, cycle.stack, self.config.sizes)
+        with watchdog:
+            count = cycle.workload.run(path, cycle.stack, self.config.sizes)
         seconds = (time.perf_counter_ns() - start) / 1e9
         if count != cycle.expected:
             raise WorkloadError(f"{cycle.workload.name} counted {count}, expected {cycle.expected}")
@@ -182,6 +191,33 @@ class Runner:
         finally:
             if not os.path.ismount(target):
                 shutil.rmtree(base, ignore_errors=True)
+
+
+class Watchdog:
+    """Kills daemon *pid* if the guarded block runs longer than *limit* seconds."""
+
+    def __init__(self, pid: int | None, limit: float) -> None:
+        self.pid = pid
+        self.fired = False
+        self._timer = threading.Timer(limit, self._fire) if pid is not None else None
+
+    def _fire(self) -> None:
+        self.fired = True
+        assert self.pid is not None
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def __enter__(self) -> Watchdog:
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.fired:
+            raise WorkloadError(f"pass took too long: daemon {self.pid} killed")
 
 
 def _progress(message: str) -> None:

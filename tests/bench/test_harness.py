@@ -7,7 +7,9 @@ into wrong numbers (a wrong merged tree, a ratio upside down, a target that cann
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +21,9 @@ from benchmarks.config import QUICK, RunConfig
 from benchmarks.mounts import Mounted, MountError, MountSpec, System, mounts_under, overlay_options
 from benchmarks.results import Recorder, Row, Sample, Stat, ratios, summarize
 from benchmarks.run import results_dir
-from benchmarks.schedule import Runner, rotate
+from benchmarks.schedule import Runner, Watchdog, rotate
 from benchmarks.targets import evaluate
-from benchmarks.workloads import Workload
+from benchmarks.workloads import Workload, WorkloadError
 from layerfs.whiteout import OPAQUE_VALUE, UpperFormat, is_whiteout_stat
 
 
@@ -260,3 +262,27 @@ def test_a_wrong_count_fails_the_workload(tmp_path: Path) -> None:
     runner.run(wrong)
     assert runner.recorder.samples == []
     assert "counted 6, expected 7" in runner.recorder.skipped[0]
+
+
+@pytest.mark.timeout(30)
+def test_watchdog_kills_the_daemon_of_a_stuck_pass() -> None:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(WorkloadError, match="killed"), Watchdog(proc.pid, 0.05):
+            proc.wait(timeout=20)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_watchdog_leaves_a_quick_pass_alone() -> None:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        with Watchdog(proc.pid, 60.0):
+            pass
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
