@@ -152,7 +152,7 @@ class Operations(pyfuse3.Operations):
         # Must never raise: there is no request to answer.
         for ino, count in inode_list:
             try:
-                self.inodes.forget(ino, count)
+                self._drop(self.inodes.forget(ino, count))
             except Exception:
                 log.exception("forget(%d, %d) failed", ino, count)
 
@@ -336,7 +336,7 @@ class Operations(pyfuse3.Operations):
         try:
             await self._in_thread(item.handle.close)
         finally:
-            self.inodes.unpin(item.ino)
+            self._drop(self.inodes.unpin(item.ino))
 
     @_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -369,7 +369,12 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def releasedir(self, fh: int) -> None:
-        self.inodes.unpin(self.dirs.pop(fh).ino)
+        self._drop(self.inodes.unpin(self.dirs.pop(fh).ino))
+
+    def _drop(self, node: Node | None) -> None:
+        """The kernel no longer refers to *node*: let the stack free it (bounded memory)."""
+        if node is not None:
+            self.stack.forget(node)
 
     @_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
