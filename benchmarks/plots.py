@@ -73,12 +73,14 @@ def _depth(rows: list[Row], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"cold": ":", "warm": "--", "fresh": "-"}
+    systems = sorted({system for system, _ in points})
     for (system, state), values in sorted(points.items()):
         values.sort()
         ax.plot(
             [d for d, _ in values],
             [c for _, c in values],
             styles.get(state, "-"),
+            color=f"C{systems.index(system)}",
             marker="o",
             label=f"{system} {state}",
         )
