@@ -36,8 +36,10 @@ class HashingReader(io.RawIOBase):
         limit: int | None = None,
         what: str = "layer",
         progress: Callable[[int], None] | None = None,
+        hashing: bool = True,
     ) -> None:
         super().__init__()
+        self.hashing = hashing
         self._inner = inner
         self._limit = limit
         self._what = what
@@ -67,7 +69,8 @@ class HashingReader(io.RawIOBase):
                 f"{self._what} is larger than the limit of {self._limit} bytes"
                 " (decompression bomb?)"
             )
-        self.hash.update(data)
+        if self.hashing:
+            self.hash.update(data)
         if self._progress is not None:
             self._progress(len(data))
 
@@ -99,3 +102,63 @@ class HashingWriter(io.RawIOBase):
 
     def flush(self) -> None:
         self._inner.flush()
+
+
+class ForwardReader:
+    """A forward-only "seekable" reader over a stream, for ``tarfile``'s random-access mode.
+
+    ``tarfile``'s own stream mode re-slices its whole read buffer on every 512-byte header
+    read; this keeps one buffer and an index, hands large reads straight through, and
+    implements ``seek`` by reading forward (a backward seek is a bug and raises).
+    """
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self._buf = b""
+        self._at = 0  # index of the next unread byte in _buf
+        self._pos = 0  # stream position of the next unread byte
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        avail = len(self._buf) - self._at
+        if size < 0:
+            data = self._buf[self._at :] + self._inner.read()
+            self._buf, self._at = b"", 0
+        elif size <= avail:
+            data = self._buf[self._at : self._at + size]
+            self._at += size
+        elif size >= CHUNK:
+            data = self._buf[self._at :] + _read_full(self._inner, size - avail)
+            self._buf, self._at = b"", 0
+        else:
+            more = _read_full(self._inner, max(CHUNK, size - avail))
+            self._buf = self._buf[self._at :] + more
+            data, self._at = self._buf[:size], size
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self._pos:
+            raise ValueError("ForwardReader only seeks forward")
+        while self._pos < pos:
+            if not self.read(min(pos - self._pos, CHUNK)):
+                break
+        return self._pos
+
+
+def _read_full(inner: BinaryIO, size: int) -> bytes:
+    """Up to *size* bytes, fewer only at the end of the stream."""
+    data = inner.read(size)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = inner.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

@@ -32,8 +32,14 @@ from layerfs import hostfs
 from layerfs.errors import LayerFormatError, oserror
 from layerfs.tar._entries import Entry, Kind, classify, unsafe
 from layerfs.tar._extract import Extractor
-from layerfs.tar._streams import CHUNK, HashingReader, digest_of
-from layerfs.tar.compression import open_decompressed
+from layerfs.tar._streams import CHUNK, ForwardReader, HashingReader, digest_of
+from layerfs.tar.compression import (
+    Compression,
+    Prefixed,
+    detect_compression,
+    open_decompressed,
+    read_head,
+)
 from layerfs.types import Digest
 from layerfs.whiteout import UpperFormat
 
@@ -216,27 +222,38 @@ def _run(
     options: ApplyOptions,
     progress: Callable[[int], None] | None,
 ) -> ApplyResult:
-    """Stream the whole blob once; with no *extractor* only check it (the ROOTFS pre-pass)."""
-    blob = HashingReader(src, progress=progress)
+    """Stream the whole blob once; with no *extractor* only check it (the ROOTFS pre-pass).
+
+    The check pass hashes nothing; for a plain tar the blob is the tar, so it is hashed once.
+    """
+    checking = extractor is None
+    head = read_head(src)
+    plain = detect_compression(head) is Compression.NONE
+    blob = HashingReader(
+        cast(BinaryIO, Prefixed(head, src)), progress=progress, hashing=not (checking or plain)
+    )
     buffered = cast(BinaryIO, io.BufferedReader(blob, CHUNK))
     tar_stream = HashingReader(
-        open_decompressed(buffered), limit=options.max_bytes, what="uncompressed layer"
+        open_decompressed(buffered),
+        limit=options.max_bytes,
+        what="uncompressed layer",
+        hashing=not checking,
     )
+    reader = ForwardReader(cast(BinaryIO, tar_stream))
     entries = 0
     tracker = _SymlinkTracker()
     try:
         tf = tarfile.open(  # noqa: SIM115 - read member by member below
-            fileobj=cast(BinaryIO, tar_stream), mode="r|", bufsize=CHUNK, tarinfo=_StrictTarInfo
+            fileobj=cast(BinaryIO, reader), mode="r:", tarinfo=_StrictTarInfo
         )
         members = cast(list[tarfile.TarInfo], tf.members)  # type: ignore[attr-defined]
-        reader = cast(BinaryIO, tf.fileobj)
         while (member := tf.next()) is not None:
             entries += 1
             if entries > options.max_entries:
                 raise LayerFormatError(
                     f"layer has more than the limit of {options.max_entries} entries"
                 )
-            members.clear()  # stream mode keeps every member otherwise
+            members.clear()  # tarfile keeps every member otherwise
             entry = classify(member, options.max_bytes)
             if extractor is not None:
                 _apply_entry(extractor, entry, member, reader)
@@ -249,11 +266,13 @@ def _run(
         pass
     if extractor is not None:
         extractor.finish()
-    return ApplyResult(entries, tar_stream.count, digest_of(tar_stream.hash), digest_of(blob.hash))
+    diff_id = digest_of(tar_stream.hash)
+    digest = diff_id if plain else digest_of(blob.hash)
+    return ApplyResult(entries, tar_stream.count, diff_id, digest)
 
 
 def _apply_entry(
-    extractor: Extractor, entry: Entry, member: tarfile.TarInfo, reader: BinaryIO
+    extractor: Extractor, entry: Entry, member: tarfile.TarInfo, reader: ForwardReader
 ) -> None:
     if reader.tell() != member.offset_data:
         reader.seek(member.offset_data)

@@ -69,7 +69,7 @@ def detect_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """Gives back the bytes already read for detection, then continues with the source."""
 
     def __init__(self, head: bytes, src: BinaryIO) -> None:
@@ -145,7 +145,7 @@ class _FrameChecked(io.RawIOBase):
         return len(data)
 
 
-def _read_head(src: BinaryIO) -> bytes:
+def read_head(src: BinaryIO) -> bytes:
     head = b""
     while len(head) < HEAD_SIZE:
         more = src.read(HEAD_SIZE - len(head))
@@ -162,9 +162,9 @@ def open_decompressed(src: BinaryIO) -> BinaryIO:
     and multi-member gzip are read to their end; a stream cut short raises
     :class:`LayerFormatError` when its end is reached.
     """
-    head = _read_head(src)
+    head = read_head(src)
     kind = detect_compression(head)
-    rest = cast(BinaryIO, _Prefixed(head, src))
+    rest = cast(BinaryIO, Prefixed(head, src))
     if kind is Compression.NONE:
         return rest
     if kind is Compression.GZIP:
