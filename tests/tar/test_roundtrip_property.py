@@ -107,7 +107,6 @@ def _create(upper: Path, kind: Compression) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=TREE, exp=TREE, kind=st.sampled_from(list(Compression)), data=st.data())
