@@ -120,7 +120,9 @@ def snapshot(
                 stat.S_IMODE(st.st_mode),
                 (st.st_uid, st.st_gid) if owners else None,
                 st.st_mtime_ns // 1_000_000_000
-                if mtimes and not stat.S_ISLNK(st.st_mode)
+                if mtimes
+                and not stat.S_ISLNK(st.st_mode)
+                and (dir_mtimes or not stat.S_ISDIR(st.st_mode))
                 else None,
                 payload,
                 _xattrs(p),
