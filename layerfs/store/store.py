@@ -227,6 +227,24 @@ class Store:
     def _set_tag(self, desc: Descriptor, tagged: str) -> None:
         self.layout.write_index(with_tag(self.layout.read_index(), desc, tagged))
 
+    def add_image(self, manifest: Descriptor, name: str | None = None) -> Image:
+        """Record a manifest whose blobs are already stored: tagged *name*, or untagged.
+
+        For callers that fill the blob store themselves (a registry pull): the manifest and
+        its config are read back and checked (:func:`load_image`) and its layers must be
+        present before ``index.json`` changes, so the index never points at half an image.
+        """
+        with self.writing():
+            image = load_image(self.blobs, manifest.digest)
+            for layer in image.layers:
+                if not self.blobs.exists(layer.digest):
+                    raise NotFoundError(f"image {manifest.digest}: layer {layer.digest} missing")
+            if name is not None:
+                self._set_tag(manifest, parse_tagged(name).tagged)
+            else:
+                self.layout.write_index(with_untagged(self.layout.read_index(), manifest))
+            return self._image(manifest.digest)
+
     def remove_image(self, ref: str | Reference) -> RemoveResult:
         """Remove a tag (``name:tag``) or, by digest or id, every tag of an image; then gc.
 

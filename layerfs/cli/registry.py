@@ -1,0 +1,155 @@
+"""``layerfs pull|push|login|logout``: exchange images with OCI registries.
+
+Arguments are checked here and the work is delegated to :mod:`layerfs.registry`. Transfers
+draw one progress bar per blob on stderr when it is a terminal (never with ``--quiet``).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+
+from layerfs.cli.images import open_store, root_option
+from layerfs.errors import RegistryError
+from layerfs.registry import Credentials, Options, login, pull, push
+from layerfs.registry.client import NoTransfers, Transfers
+from layerfs.registry.config import remove_credentials, save_credentials
+from layerfs.registry.platforms import parse_platform
+from layerfs.registry.reference import normalise_registry
+
+
+class BarTransfers:
+    """One rich progress bar per blob; thread-safe (transfers run on worker threads)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, key: str, description: str, total: int | None) -> None:
+        with self._lock:
+            self._tasks[key] = self._bar.add_task(description, total=total)
+
+    def advance(self, key: str, amount: int) -> None:
+        with self._lock:
+            task = self._tasks.get(key)
+        if task is not None:
+            self._bar.advance(task, amount)
+
+    def end(self, key: str) -> None:
+        with self._lock:
+            task = self._tasks.pop(key, None)
+        if task is not None:
+            self._bar.remove_task(task)
+
+
+@contextmanager
+def transfers(quiet: bool) -> Iterator[Transfers]:
+    """Progress bars on stderr, or nothing with *quiet* or without a terminal."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield NoTransfers()
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        yield BarTransfers(bar)
+
+
+def _insecure_option(func: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--insecure",
+        is_flag=True,
+        help="Use plain HTTP for this registry (meant for loopback or private registries).",
+    )(func)
+
+
+def _quiet_option(func: click.decorators.FC) -> click.decorators.FC:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(func)
+
+
+@click.command("pull")
+@click.argument("ref")
+@click.option("--platform", "platform_text", default=None, help="os/arch[/variant] to pull.")
+@_insecure_option
+@_quiet_option
+@root_option
+def pull_command(
+    ref: str, platform_text: str | None, insecure: bool, quiet: bool, root: str | None
+) -> None:
+    """Pull REF ([registry/]name[:tag|@digest]) into the store, tagged registry/name:tag."""
+    wanted = parse_platform(platform_text) if platform_text else None
+    store = open_store(root)
+    with transfers(quiet) as progress:
+        result = pull(store, ref, Options(insecure=insecure, platform=wanted, progress=progress))
+    name = result.name or "<untagged>"
+    if not quiet:
+        click.echo(f"pulled {name} {result.image.digest}", err=True)
+    click.echo(result.image.digest)
+
+
+@click.command("push")
+@click.argument("local")
+@click.argument("ref")
+@_insecure_option
+@_quiet_option
+@root_option
+def push_command(local: str, ref: str, insecure: bool, quiet: bool, root: str | None) -> None:
+    """Push the store image LOCAL to REF; prints the manifest digest."""
+    store = open_store(root)
+    with transfers(quiet) as progress:
+        result = push(store, local, ref, Options(insecure=insecure, progress=progress))
+    if not quiet:
+        click.echo(
+            f"pushed {result.reference}: {len(result.uploaded)} uploaded, "
+            f"{len(result.mounted)} mounted, {len(result.present)} already present",
+            err=True,
+        )
+    click.echo(result.digest)
+
+
+@click.command("login")
+@click.argument("registry")
+@click.option("--username", "-u", default=None, help="User name (prompted for if missing).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@_insecure_option
+def login_command(
+    registry: str, username: str | None, password_stdin: bool, insecure: bool
+) -> None:
+    """Check credentials against REGISTRY and store them (auth.json, mode 0600)."""
+    host = normalise_registry(registry)
+    user = username or click.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    if not user or not password:
+        raise click.UsageError("user name and password must not be empty")
+    creds = Credentials(user, password)
+    login(host, creds, Options(insecure=insecure))
+    path = save_credentials(host, creds)
+    click.echo(f"login succeeded; credentials for {host} stored in {path}", err=True)
+
+
+@click.command("logout")
+@click.argument("registry")
+def logout_command(registry: str) -> None:
+    """Forget the stored credentials of REGISTRY."""
+    host = normalise_registry(registry)
+    if not remove_credentials(host):
+        raise RegistryError(f"not logged in to {host}")
+    click.echo(f"removed credentials for {host}", err=True)
+
+
+COMMANDS = [pull_command, push_command, login_command, logout_command]
