@@ -8,10 +8,13 @@ test results so it stays visible.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tests.differential.ops import Op, Outcome
+from tests.differential.trees import Snapshot
+from tests.property.model import Inode
 
 
 def _never(op: Op, kernel: Outcome, layerfs: Outcome) -> bool:
@@ -67,3 +70,40 @@ ALLOWLIST: tuple[Deviation, ...] = (
 def accepted(op: Op, kernel: Outcome, layerfs: Outcome) -> Deviation | None:
     """The deviation that explains a differing outcome, or None."""
     return next((d for d in ALLOWLIST if d.accepts(op, kernel, layerfs)), None)
+
+
+LINK_COPY_UP = Deviation(
+    "hard link names copied up together",
+    "when one name of a lower hard link is copied up, layerfs links every name of it that the "
+    "stack has seen into the upper at once (and their parent directories); the kernel with "
+    "index=on copies up only the name used and links the others through its index. The upper "
+    "comparison drops such extra names (and directories made only to hold them) from "
+    "layerfs's upper when a name of the same link group is in the kernel's upper.",
+)
+ALLOWLIST = (*ALLOWLIST, LINK_COPY_UP)
+
+
+def reconcile_link_copy_up(
+    kernel: Snapshot, layerfs: Snapshot, lower_view: Mapping[str, Inode]
+) -> Snapshot:
+    """*layerfs* without the names :data:`LINK_COPY_UP` explains (see its reason).
+
+    Dropped: non-directories that the kernel's upper lacks and that name a lower hard-linked
+    file (two names of one inode in *lower_view*), then directories of layerfs's upper that
+    the kernel's upper lacks and that hold nothing else.
+    """
+    counts = Counter(id(node) for node in lower_view.values())
+    linked = {p for p, node in lower_view.items() if node.kind == "file" and counts[id(node)] > 1}
+    extra = {
+        p
+        for p, n in layerfs.nodes.items()
+        if p in linked and p not in kernel.nodes and n.kind not in ("dir", "whiteout")
+    }
+    nodes = {p: n for p, n in layerfs.nodes.items() if p not in extra}
+    for path in sorted(nodes, key=lambda p: -p.count("/")):
+        if path in kernel.nodes or nodes[path].kind != "dir":
+            continue
+        if not any(p.startswith(path + "/") for p in nodes):
+            del nodes[path]
+    links = frozenset(g - extra for g in layerfs.links if len(g - extra) > 1)
+    return Snapshot(nodes, links)

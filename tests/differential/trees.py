@@ -186,7 +186,9 @@ def snapshot_stack(stack: Stack, since_ns: int) -> Snapshot:
     """Snapshot the merged view of *stack* through its path API."""
     nodes: dict[str, Node] = {}
     inos: dict[str, int] = {}
-    for path in _walk_stack(stack, "/"):
+    # Walk first, then stat: looking a name up may link a lower hard link into the upper,
+    # which turns its parent into a merged directory (nlink 1) after the parent was seen.
+    for path in list(_walk_stack(stack, "/")):
         s = stack.lstat(path)
         raw = _Raw(s.mode, s.uid, s.gid, s.size, s.rdev, s.mtime_ns, s.nlink, s.ino)
         xattrs = {n: stack.getxattr(path, n) for n in stack.listxattr(path)}
