@@ -267,8 +267,12 @@ class FaultProxy:
         with self._lock:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
+            # shutdown() wakes a pump thread blocked in recv() on it (close() alone would
+            # not, and the peer would see nothing until its timeout).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
 
