@@ -220,12 +220,12 @@ def fetch_manifest(transport: Transport, repository: str, reference: str) -> tup
     """The manifest bytes for a tag or digest, and their sha256 (checked against the
     registry's ``Docker-Content-Digest`` when it sends one)."""
     path = f"/v2/{repository}/manifests/{reference}"
-    try:
-        response = transport.request("GET", path, headers={"Accept": MANIFEST_ACCEPT})
-    except RegistryError as exc:
-        if "404" in str(exc) or "not found" in str(exc):
-            raise RegistryError(f"{repository}:{reference}: manifest unknown ({exc})") from exc
-        raise
+    headers = {"Accept": MANIFEST_ACCEPT}
+    response = transport.request("GET", path, headers=headers, expect=(200, 404))
+    if response.status_code == 404:
+        raise RegistryError(
+            f"manifest unknown: no image {repository}:{reference} at {transport.base_url}"
+        )
     data = response.content
     if len(data) > MAX_MANIFEST:
         raise RegistryError(f"{repository}:{reference}: manifest larger than {MAX_MANIFEST} bytes")

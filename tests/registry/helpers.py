@@ -50,7 +50,9 @@ def committed_image(root: Path, work: Path, *, big: int = 0, name: str = "app:1"
     return store.commit("box", name, compression=Compression.GZIP, message="registry test")
 
 
-def _describe(mode: int, uid: int, gid: int, size: int, content: bytes | str | None) -> tuple[Any, ...]:
+def _describe(
+    mode: int, uid: int, gid: int, size: int, content: bytes | str | None
+) -> tuple[Any, ...]:
     if stat.S_ISREG(mode):
         data = content if isinstance(content, bytes) else b""
         return ("f", stat.S_IMODE(mode), uid, gid, size, hashlib.sha256(data).hexdigest())

@@ -90,7 +90,9 @@ def test_docker_config_credentials_are_used(
     docker = tmp_path / "docker-config"
     docker.mkdir(exist_ok=True)
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    (docker / "config.json").write_text(json.dumps({"auths": {basic_registry.host: {"auth": token}}}))
+    (docker / "config.json").write_text(
+        json.dumps({"auths": {basic_registry.host: {"auth": token}}})
+    )
     login(basic_registry.host, Credentials(USER, PASSWORD), options())
     assert find_credentials(basic_registry.host) == Credentials(USER, PASSWORD)
     with pytest.raises(RegistryError, match="not found|manifest unknown"):

@@ -86,7 +86,9 @@ def test_registry_killed_during_push(
     ref = f"{proxy.host}/f/pushed:1"
 
     proxy.arm(drop_after_up=CUT, on_drop=own_registry.kill)
-    result = CliRunner().invoke(cli, ["push", "--insecure", "-q", "--root", str(root), "app:1", ref])
+    result = CliRunner().invoke(
+        cli, ["push", "--insecure", "-q", "--root", str(root), "app:1", ref]
+    )
     assert proxy.dropped.is_set()
     assert result.exit_code == 1
     assert "connection" in one_line_error(result.stderr)

@@ -69,7 +69,9 @@ def test_push_mounts_blobs_from_the_repository_pulled_from(
     store = Store.open(tmp_path / "store")
     image = pull(store, f"{registry.host}/team/source:1", options()).image
 
-    result = push(store, f"{registry.host}/team/source:1", f"{registry.host}/other/copy:2", options())
+    result = push(
+        store, f"{registry.host}/team/source:1", f"{registry.host}/other/copy:2", options()
+    )
     assert result.uploaded == ()
     assert sorted(result.mounted) == sorted(blob_digests(image))
     assert result.digest == image.digest
