@@ -166,15 +166,27 @@ def pull(store: Store, ref: str, options: Options | None = None) -> PullResult:
     remote = parse_remote(ref)
     config = load_registry_config(opts.config_dir)
     endpoints = _endpoints(remote, config, opts.insecure)
-    for position, url in enumerate(endpoints):
-        try:
-            with open_transport(url, opts) as transport:
-                return _pull_from(store, transport, remote, opts)
-        except (RegistryError, DigestMismatchError) as exc:
-            if position + 1 == len(endpoints):
-                raise
-            log.warning("mirror %s failed for %s (%s); trying the next", url, remote, exc)
+    with _context(f"pull {remote}"):
+        for position, url in enumerate(endpoints):
+            try:
+                with open_transport(url, opts) as transport:
+                    return _pull_from(store, transport, remote, opts)
+            except (RegistryError, DigestMismatchError) as exc:
+                if position + 1 == len(endpoints):
+                    raise
+                log.warning("mirror %s failed for %s (%s); trying the next", url, remote, exc)
     raise AssertionError("unreachable: the registry itself is always the last endpoint")
+
+
+@contextlib.contextmanager
+def _context(action: str) -> Iterator[None]:
+    """Prefix registry and digest errors with what was being done (``pull REF: ...``)."""
+    try:
+        yield
+    except RegistryError as exc:
+        raise RegistryError(f"{action}: {exc}", temporary=exc.temporary) from exc
+    except DigestMismatchError as exc:
+        raise DigestMismatchError(f"{action}: {exc}") from exc
 
 
 def _pull_from(
@@ -373,7 +385,7 @@ def push(store: Store, local: str, ref: str, options: Options | None = None) -> 
     config = load_registry_config(opts.config_dir)
     url = _endpoints(remote, config, opts.insecure)[-1]
     sources = mount_sources(store, remote)
-    with open_transport(url, opts) as transport:
+    with _context(f"push {remote}"), open_transport(url, opts) as transport:
         transport.auth.add_scope(f"repository:{remote.repository}:pull,push")
         for repo in sorted(set(sources.values())):
             transport.auth.add_scope(f"repository:{repo}:pull")
@@ -522,9 +534,7 @@ def _put_manifest(
     response = transport.request("PUT", path, expect=(201,), headers=headers, content=data)
     claimed = response.headers.get(DIGEST_HEADER)
     if claimed and claimed != image.digest:
-        raise DigestMismatchError(
-            f"push {remote}: registry stored manifest {claimed}, local is {image.digest}"
-        )
+        raise DigestMismatchError(f"registry stored manifest {claimed}, local is {image.digest}")
     return image.digest
 
 
