@@ -16,7 +16,6 @@ from layerfs.errors import oserror
 
 if TYPE_CHECKING:
     from layerfs import FileHandle
-    from layerfs.types import DirEntry
 
 
 @dataclass(slots=True)
@@ -33,7 +32,7 @@ class OpenDir:
     """One ``opendir`` of inode *ino* and the merged listing taken at that moment."""
 
     ino: int
-    entries: list[DirEntry] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

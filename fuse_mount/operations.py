@@ -347,16 +347,16 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self.inodes.node(inode)
-        entries = self.stack.readdir(node)
+        names = self.stack.listdir_node(node)
         self.inodes.pin(inode)
-        return self.dirs.add(OpenDir(inode, entries))
+        return self.dirs.add(OpenDir(inode, names))
 
     @_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.dirs.get(fh)
         directory = self.inodes.node(listing.ino)
-        for index in range(start_id, len(listing.entries)):
-            name = listing.entries[index].name
+        for index in range(start_id, len(listing.names)):
+            name = listing.names[index]
             try:
                 node = self.stack.lookup(directory, name)
             except FileNotFoundError:

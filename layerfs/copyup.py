@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from layerfs import hostfs
 from layerfs.errors import oserror
-from layerfs.node import DIR, REG, UPPER, Alias, IndexEntry, Node
+from layerfs.node import DIR, REG, UPPER, Alias, Node
 
 if TYPE_CHECKING:
     from layerfs.core import StackCore
@@ -63,8 +63,20 @@ def copy_up(core: StackCore, node: Node, alias: Alias | None = None, *, data: bo
         _copy_up_dir(core, node, alias)
         return
     meta_only = not data and core.options.metacopy and node.kind == REG
-    _copy_up_nondir(core, node, alias, meta_only)
+    lower_pos = node.layers[0]
+    lower_st = _copy_up_nondir(core, node, alias, meta_only)
+    if lower_st.st_nlink > 1:
+        _discover_aliases(core, lower_pos, lower_st)
     link_up_all(core, node)
+
+
+def _discover_aliases(core: StackCore, pos: int, lower_st: os.stat_result) -> None:
+    """Find the other visible names of a hard-linked lower file, so all get linked up."""
+    for path in core.lower_hardlinks(pos, lower_st):
+        try:
+            core.resolve_quiet(path)  # a visible name of the same object joins node.aliases
+        except OSError:
+            continue
 
 
 def link_up_all(core: StackCore, node: Node) -> None:
@@ -112,14 +124,13 @@ def _copy_up_dir(core: StackCore, node: Node, alias: Alias) -> None:
         raise
     hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
     node.layers.insert(0, UPPER)
-    node.lower_stat = None
     node.version += 1
     alias.in_upper = True
     _set_upper_entry(core, alias, DIR)
     core.register_upper(node, hostfs.lstat_at(upper_fd, alias.name))
 
 
-def _copy_up_nondir(core: StackCore, node: Node, alias: Alias, meta_only: bool) -> None:
+def _copy_up_nondir(core: StackCore, node: Node, alias: Alias, meta_only: bool) -> os.stat_result:
     assert alias.parent is not None
     lower_pos = node.layers[0]
     lower_fd = core.dirfd(alias.parent, lower_pos)
@@ -142,11 +153,11 @@ def _copy_up_nondir(core: StackCore, node: Node, alias: Alias, meta_only: bool) 
         node.data_name = alias.name
     else:
         node.layers = [UPPER]
-    node.lower_stat = None
     node.version += 1
     alias.in_upper = True
     _set_upper_entry(core, alias, node.kind, lower_pos if meta_only else None)
     core.register_upper(node, hostfs.lstat_at(upper_fd, alias.name))
+    return st
 
 
 def _create_copy(
@@ -228,26 +239,24 @@ def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> N
     node.data_dirfd = None
     node.layers = [UPPER]
     node.version += 1
-    entry = alias.parent.index.entries.get(alias.name) if alias.parent.index else None
-    if entry is not None:
-        entry.items = [(UPPER, node.kind)]
-        entry.closed = True
+    if alias.parent.index is not None and alias.name in alias.parent.index:
+        alias.parent.index.put(alias.name, ((UPPER, node.kind),))
 
 
 def _set_upper_entry(core: StackCore, alias: Alias, kind: int, data_pos: int | None = None) -> None:
+    """Record in the parent's index that *alias* now has its object in the upper."""
     parent = alias.parent
     if parent is None or parent.index is None:
         return
-    entry = parent.index.entries.get(alias.name)
-    if entry is None:
+    items = parent.index.get(alias.name)
+    if items is None:
         return
     if kind == DIR:
-        entry.items.insert(0, (UPPER, DIR))
+        parent.index.put(alias.name, ((UPPER, DIR), *items))
+    elif data_pos is not None:
+        parent.index.put(alias.name, ((UPPER, kind), (data_pos, REG)))
     else:
-        items = [(UPPER, kind)]
-        if data_pos is not None:
-            items.append((data_pos, REG))
-        parent.index.entries[alias.name] = IndexEntry(items, closed=True)
+        parent.index.put(alias.name, ((UPPER, kind),))
 
 
 class _parent_times_kept:

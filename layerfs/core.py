@@ -29,7 +29,7 @@ from layerfs.node import (
     REG,
     UPPER,
     Alias,
-    IndexEntry,
+    Items,
     MergedIndex,
     Node,
     build_index,
@@ -37,7 +37,7 @@ from layerfs.node import (
 )
 from layerfs.options import StackOptions, StackSpec
 from layerfs.types import Stat
-from layerfs.whiteout import TRUSTED_PREFIX, USER_PREFIX
+from layerfs.whiteout import TRUSTED_PREFIX, USER_PREFIX, WHITEOUT_PREFIX, is_whiteout_stat
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ METACOPY_XATTRS = (TRUSTED_PREFIX + "metacopy", USER_PREFIX + "metacopy")
 WORK_SUBDIR = "work"  # the kernel's name too: WORK/work holds copy-ups in progress
 
 HostKey = tuple[int, int, int]  # (layer position, st_dev, st_ino)
+_PACK_BITS = 48  # a lower object's number: layer position above a 48-bit host inode number
+_PACK_LIMIT = 1 << _PACK_BITS
+_COUNTER_BASE = 1 << 62  # numbers handed out by the counter: never a packed number
 
 
 def _raise_fd_limit() -> None:
@@ -68,7 +71,9 @@ class StackCore:
         self._roots: list[int] = []
         self._inos: dict[HostKey, int] = {}
         self._linked: dict[HostKey, Node] = {}
-        self._next_ino = ROOT_INO + 1
+        self._next_ino = _COUNTER_BASE
+        self._root_devs: list[int] = []
+        self._layer_links: dict[int, dict[tuple[int, int], list[str]]] = {}
         self._tmp_counter = 0
         self.work_fd = -1
         try:
@@ -86,6 +91,7 @@ class StackCore:
         self._roots.append(hostfs.open_root(spec.upper) if spec.upper is not None else -1)
         for lower in spec.lowers:
             self._roots.append(hostfs.open_root(lower))
+        self._root_devs = [os.stat(fd).st_dev if fd >= 0 else -1 for fd in self._roots]
         if spec.work is not None:
             self.work_fd = self._prepare_work(spec.work)
 
@@ -171,23 +177,23 @@ class StackCore:
         child = parent.children.get(name)
         if child is not None:
             return child
-        entry = self.index(parent).entries.get(name)
-        if entry is None:
+        items = self.index(parent).get(name)
+        if items is None:
             raise oserror(errno.ENOENT, name)
-        node = self._make_node(parent, name, entry)
+        node = self._make_node(parent, name, items)
         parent.children[name] = node
         return node
 
-    def _make_node(self, parent: Node, name: str, entry: IndexEntry) -> Node:
-        pos = entry.top[0]
+    def _make_node(self, parent: Node, name: str, items: Items) -> Node:
+        pos = items[0][0]
         pfd = self.dirfd(parent, pos)
         st = hostfs.lstat_at(pfd, name)
         kind = stat.S_IFMT(st.st_mode)
         if kind == DIR:
-            return self._make_dir(parent, name, entry, st)
+            return self._make_dir(parent, name, items, st)
         data_pos = None
-        if pos == UPPER and kind == REG and len(entry.items) > 1 and self._is_metacopy(pfd, name):
-            data_pos = entry.items[1][0]
+        if pos == UPPER and kind == REG and len(items) > 1 and self._is_metacopy(pfd, name):
+            data_pos = items[1][0]
         key_st = st if data_pos is None else hostfs.lstat_at(self.dirfd(parent, data_pos), name)
         key = (pos if data_pos is None else data_pos, key_st.st_dev, key_st.st_ino)
         alias = Alias(parent, name, pos == UPPER)
@@ -203,14 +209,12 @@ class StackCore:
         if data_pos is not None:
             node.data_dirfd = os.open(".", hostfs.O_PATH_DIR, dir_fd=self.dirfd(parent, data_pos))
             node.data_name = name
-        if pos != UPPER:
-            node.lower_stat = st
         if key_st.st_nlink > 1:
             self._linked[key] = node
         return node
 
-    def _make_dir(self, parent: Node, name: str, entry: IndexEntry, st: os.stat_result) -> Node:
-        candidates = [p for p, k in entry.items if k == DIR]
+    def _make_dir(self, parent: Node, name: str, items: Items, st: os.stat_result) -> Node:
+        candidates = [p for p, k in items if k == DIR]
         layers: list[int] = []
         opaque = False
         for i, pos in enumerate(candidates):
@@ -226,19 +230,69 @@ class StackCore:
         node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, layers)
         node.opaque = opaque
         node.aliases.append(Alias(parent, name, layers[0] == UPPER))
-        if layers[0] != UPPER:
-            node.lower_stat = st
         return node
+
+    def resolve_quiet(self, path: str) -> Node:
+        """The node at *path* (no symlink followed); for internal walks under the lock."""
+        node = self.root
+        for part in path.split("/"):
+            if part:
+                node = self.lookup_locked(node, part)
+        return node
+
+    def lower_hardlinks(self, pos: int, st: os.stat_result) -> list[str]:
+        """Every path of lower layer *pos* that is a hard link of the object *st*.
+
+        The first call for a layer walks it once and remembers its multi-link files; it is
+        made only when a hard-linked lower file is copied up, so that all its names can be
+        linked to the copy (the kernel keeps an index directory for this).
+        """
+        links = self._layer_links.get(pos)
+        if links is None:
+            links = {}
+            _collect_links(self._roots[pos], "", links)
+            self._layer_links[pos] = links
+        return links.get((st.st_dev, st.st_ino), [])
+
+    def lower_positive(self, parent: Node, name: str) -> bool:
+        """Whether a lower layer of *parent* shows *name*: removing it must leave a whiteout.
+
+        Asked only when a name is removed, so the index need not remember every lower name.
+        """
+        for pos in parent.layers:
+            if pos == UPPER:
+                continue
+            dirfd = self.dirfd(parent, pos)
+            st = hostfs.lstat_or_none(dirfd, name)
+            if st is not None:
+                return not is_whiteout_stat(st)
+            if hostfs.lstat_or_none(dirfd, WHITEOUT_PREFIX + name) is not None:
+                return False
+        return False
 
     def _is_metacopy(self, dirfd: int, name: str) -> bool:
         return any(hostfs.getxattr_at(dirfd, name, a) is not None for a in METACOPY_XATTRS)
 
     def _ino_for(self, key: HostKey) -> int:
+        """The number of the object *key* names.
+
+        A lower object's number is computed, not stored: its layer position in the high bits
+        above its host inode number (lower objects never change or go away while a stack is
+        assembled). Upper objects, and the rare host inode too large to pack, get numbers
+        from a counter in a range of their own, remembered in a map.
+        """
+        pos, dev, host_ino = key
+        if pos != UPPER and host_ino < _PACK_LIMIT and dev == self._root_devs[pos]:
+            return (pos << _PACK_BITS) | host_ino
         ino = self._inos.get(key)
         if ino is None:
-            ino = self._next_ino
-            self._next_ino += 1
+            ino = self._allocate()
             self._inos[key] = ino
+        return ino
+
+    def _allocate(self) -> int:
+        ino = self._next_ino
+        self._next_ino += 1
         return ino
 
     def new_ino(self, st: os.stat_result) -> int:
@@ -247,8 +301,7 @@ class StackCore:
         Never reuses a number: the host may hand out the inode of a deleted object again
         while the kernel still remembers the old node under its number.
         """
-        ino = self._next_ino
-        self._next_ino += 1
+        ino = self._allocate()
         self._inos[(UPPER, st.st_dev, st.st_ino)] = ino
         return ino
 
@@ -290,8 +343,6 @@ class StackCore:
 
     # -- attributes --------------------------------------------------------------------------
     def host_stat(self, node: Node) -> os.stat_result:
-        if not node.in_upper and node.lower_stat is not None:
-            return node.lower_stat
         dirfd, name = self.location(node)
         return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
 
@@ -304,3 +355,25 @@ class StackCore:
             data = hostfs.lstat_at(node.data_dirfd, node.data_name)
             result = dataclasses.replace(result, blocks=data.st_blocks)
         return result
+
+
+def _collect_links(dirfd: int, prefix: str, links: dict[tuple[int, int], list[str]]) -> None:
+    """Walk a layer below *dirfd*, recording the paths of every multi-link non-directory."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for entry in entries:
+            path = f"{prefix}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, hostfs.O_PATH_DIR, dir_fd=fd)
+                try:
+                    _collect_links(sub, path, links)
+                finally:
+                    os.close(sub)
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if st.st_nlink > 1:
+                links.setdefault((st.st_dev, st.st_ino), []).append(path)
+    finally:
+        os.close(fd)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from layerfs import hostfs
 from layerfs.whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout_stat
@@ -37,61 +37,67 @@ class Alias:
     in_upper: bool
 
 
-@dataclass(slots=True)
-class IndexEntry:
-    """What the layers hold under one name: ``(layer position, S_IFMT kind)`` top-down."""
-
-    items: list[tuple[int, int]]
-    closed: bool = False
-
-    @property
-    def top(self) -> tuple[int, int]:
-        return self.items[0]
-
-    def has_lower(self) -> bool:
-        return any(pos != UPPER for pos, _ in self.items)
-
-    def add_below(self, pos: int, kind: int) -> None:
-        """Record the object one layer further down, if it still shows through."""
-        if self.closed:
-            return
-        last_pos, last_kind = self.items[-1]
-        if last_kind == DIR and kind == DIR:
-            self.items.append((pos, kind))
-        elif len(self.items) == 1 and last_pos == UPPER and last_kind == REG and kind == REG:
-            self.items.append((pos, kind))  # the data of a possible metacopy upper file
-            self.closed = True
-        else:
-            self.closed = True
+Items = tuple[tuple[int, int], ...]  # (layer position, S_IFMT kind), top-down
+_KIND_SPAN = 1 << 16  # S_IFMT values fit below this
 
 
-@dataclass(slots=True)
+def _encode(items: Items) -> int | Items:
+    """One item, the common case, is kept as a single int: 100,000 names stay small."""
+    if len(items) == 1:
+        pos, kind = items[0]
+        return pos * _KIND_SPAN + kind
+    return items
+
+
+def _decode(value: int | Items) -> Items:
+    if isinstance(value, int):
+        return ((value // _KIND_SPAN, value % _KIND_SPAN),)
+    return value
+
+
 class MergedIndex:
     """The merged content of one directory.
 
-    ``entries`` holds the visible names. ``lower_names`` holds every name that exists in a
-    lower layer of this directory, visible or not: removing such a name must leave a whiteout.
-    ``upper_whiteouts`` holds names the upper directory has a whiteout for.
+    For each visible name, what the layers hold under it: ``(layer position, kind)`` pairs,
+    top-down, cut where lookup stops; ``upper_whiteouts`` holds the names the upper directory
+    has a whiteout for (a create there must replace it).
     """
 
-    entries: dict[str, IndexEntry] = field(default_factory=dict)
-    lower_names: set[str] = field(default_factory=set)
-    upper_whiteouts: set[str] = field(default_factory=set)
-    sorted_names: list[str] | None = None
+    __slots__ = ("_entries", "_sorted", "upper_whiteouts")
 
-    def names(self) -> list[str]:
-        if self.sorted_names is None:
-            self.sorted_names = sorted(self.entries)
-        return self.sorted_names
+    def __init__(self) -> None:
+        self._entries: dict[str, int | Items] = {}
+        self._sorted: list[str] | None = None
+        self.upper_whiteouts: set[str] = set()
 
-    def put(self, name: str, entry: IndexEntry) -> None:
-        if name not in self.entries:
-            self.sorted_names = None
-        self.entries[name] = entry
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Items | None:
+        value = self._entries.get(name)
+        return None if value is None else _decode(value)
+
+    def put(self, name: str, items: Items) -> None:
+        if name not in self._entries:
+            self._sorted = None
+        self._entries[name] = _encode(items)
 
     def drop(self, name: str) -> None:
-        if self.entries.pop(name, None) is not None:
-            self.sorted_names = None
+        if self._entries.pop(name, None) is not None:
+            self._sorted = None
+
+    def names(self) -> list[str]:
+        """Visible names, sorted (cached until the next change)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._entries)
+        return self._sorted
+
+
+_NO_CHILDREN: dict[str, Node] = {}  # shared by every non-directory; never written to
+_NO_FDS: dict[int, int] = {}
 
 
 class Node:
@@ -108,7 +114,6 @@ class Node:
         "ino",
         "kind",
         "layers",
-        "lower_stat",
         "opaque",
         "version",
     )
@@ -120,10 +125,10 @@ class Node:
         self.aliases: list[Alias] = []
         self.opaque = False
         self.version = 0
-        self.children: dict[str, Node] = {}
+        is_dir = kind == DIR
+        self.children: dict[str, Node] = {} if is_dir else _NO_CHILDREN
         self.index: MergedIndex | None = None
-        self.dirfds: dict[int, int] = {}
-        self.lower_stat: os.stat_result | None = None  # cached: lower objects never change
+        self.dirfds: dict[int, int] = {} if is_dir else _NO_FDS
         self.data_dirfd: int | None = None  # metacopy: where the data lives (owned fd)
         self.data_name = ""
         self.handles = 0  # open FileHandles; an unlinked node lives on while this is > 0
@@ -178,9 +183,10 @@ class Node:
         return False
 
     def close_fds(self) -> None:
-        for fd in self.dirfds.values():
-            os.close(fd)
-        self.dirfds.clear()
+        if self.dirfds:
+            for fd in self.dirfds.values():
+                os.close(fd)
+            self.dirfds.clear()
         if self.data_dirfd is not None:
             os.close(self.data_dirfd)
             self.data_dirfd = None
@@ -231,8 +237,9 @@ def build_index(layer_fds: list[tuple[int, int]]) -> MergedIndex:
     never holds both); a non-directory hides everything below it; directories merge.
     """
     index = MergedIndex()
+    found: dict[str, list[tuple[int, int]]] = {}
+    closed: set[str] = set()
     hidden: set[str] = set()
-    lower_seen: set[str] = set()
     for pos, dirfd in layer_fds:
         listing, wh_names, _ = scan_layer(dirfd)
         layer_hidden = set(wh_names)
@@ -240,27 +247,34 @@ def build_index(layer_fds: list[tuple[int, int]]) -> MergedIndex:
             if whiteout:
                 layer_hidden.add(name)
                 continue
-            if pos != UPPER and name not in lower_seen:
-                lower_seen.add(name)
-                index.lower_names.add(name)
-            if name in hidden:
+            if name in hidden or name in closed:
                 continue
-            entry = index.entries.get(name)
-            if entry is None:
-                index.entries[name] = IndexEntry([(pos, kind)])
-            else:
-                entry.add_below(pos, kind)
+            items = found.get(name)
+            if items is None:
+                found[name] = [(pos, kind)]
+            elif not _extends(items, pos, kind):
+                closed.add(name)
         if pos == UPPER:
             index.upper_whiteouts = layer_hidden
-        else:
-            lower_seen |= layer_hidden
         for name in layer_hidden:
-            entry = index.entries.get(name)
-            if entry is not None:
-                entry.closed = True
+            if name in found:
+                closed.add(name)
             else:
                 hidden.add(name)
+    for name, items in found.items():
+        index.put(name, tuple(items))
     return index
+
+
+def _extends(items: list[tuple[int, int]], pos: int, kind: int) -> bool:
+    """Record the object one layer further down if it still shows through; False stops."""
+    last_pos, last_kind = items[-1]
+    if last_kind == DIR and kind == DIR:
+        items.append((pos, kind))
+        return True
+    if len(items) == 1 and last_pos == UPPER and last_kind == REG and kind == REG:
+        items.append((pos, kind))  # the data of a possible metacopy upper file
+    return False
 
 
 def is_opaque_at(dirfd: int, name: str, opaque_xattrs: tuple[str, ...]) -> bool:

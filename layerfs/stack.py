@@ -25,7 +25,7 @@ from layerfs import copyup, hostfs
 from layerfs.core import StackCore
 from layerfs.errors import ConfigError, oserror
 from layerfs.handle import FileHandle
-from layerfs.node import DIR, LNK, REG, UPPER, Alias, IndexEntry, MergedIndex, Node
+from layerfs.node import DIR, LNK, REG, UPPER, Alias, MergedIndex, Node
 from layerfs.options import StackOptions, StackSpec, parse_mount_options
 from layerfs.types import DirEntry, FileKind, Stat, StatFs
 from layerfs.whiteout import (
@@ -118,6 +118,15 @@ class Stack(StackCore):
                 return []
             names = list(self.index(node).names())
             return [self._dir_entry(node, name) for name in names]
+
+    def listdir_node(self, node: Node) -> list[str]:
+        """A snapshot of the merged listing's names, sorted; cheaper than :meth:`readdir`."""
+        with self.lock:
+            if not node.is_dir:
+                raise oserror(errno.ENOTDIR)
+            if not node.aliases:
+                return []
+            return list(self.index(node).names())
 
     def _dir_entry(self, parent: Node, name: str) -> DirEntry:
         child = self.lookup_locked(parent, name)
@@ -447,7 +456,7 @@ class Stack(StackCore):
         else:
             self._replace_whiteout(upper_fd, name, kind, make, fixup, opaque)
             index.upper_whiteouts.discard(name)
-        index.put(name, IndexEntry([(UPPER, kind)], closed=True))
+        index.put(name, ((UPPER, kind),))
         return opaque
 
     def _replace_whiteout(
@@ -497,7 +506,7 @@ class Stack(StackCore):
                 raise oserror(errno.ENOTDIR, name)
             if node is self.root or name == "..":
                 raise oserror(errno.ENOTEMPTY if name == ".." else errno.EBUSY, name)
-            if self.index(node).entries:
+            if len(self.index(node)):
                 raise oserror(errno.ENOTEMPTY, name)
             self._remove_name(parent, name, node)
 
@@ -507,7 +516,7 @@ class Stack(StackCore):
         copyup.copy_up(self, parent)
         index = self.index(parent)
         upper_fd = self.dirfd(parent, UPPER)
-        needs_whiteout = name in index.lower_names
+        needs_whiteout = self.lower_positive(parent, name)
         if alias.in_upper:
             self._forget_host(upper_fd, name)
             self._remove_upper(upper_fd, name, node.is_dir, needs_whiteout)
@@ -593,7 +602,7 @@ class Stack(StackCore):
                 raise oserror(errno.EINVAL)
             if dst is not None and not dst.is_dir:
                 raise oserror(errno.ENOTDIR)
-            if dst is not None and dst is not src and self.index(dst).entries:
+            if dst is not None and dst is not src and len(self.index(dst)):
                 raise oserror(errno.ENOTEMPTY)
         elif dst is not None and dst.is_dir:
             raise oserror(errno.EISDIR)
@@ -612,7 +621,7 @@ class Stack(StackCore):
         copyup.copy_up(self, new_parent)
         old_index, new_index = self.index(old_parent), self.index(new_parent)
         old_fd, new_fd = self.dirfd(old_parent, UPPER), self.dirfd(new_parent, UPPER)
-        leave_whiteout = old_name in old_index.lower_names
+        leave_whiteout = self.lower_positive(old_parent, old_name)
         if dst is not None:
             self._clear_target(new_parent, new_name, dst, new_fd)
         if src.is_dir:
@@ -625,7 +634,7 @@ class Stack(StackCore):
         if leave_whiteout:
             old_index.upper_whiteouts.add(old_name)
         new_index.upper_whiteouts.discard(new_name)
-        new_index.put(new_name, IndexEntry([(UPPER, src.kind)], closed=True))
+        new_index.put(new_name, ((UPPER, src.kind),))
         src_alias.parent, src_alias.name = new_parent, new_name
         new_parent.children[new_name] = src
 
@@ -712,8 +721,8 @@ class Stack(StackCore):
             new_name,
             hostfs.RENAME_EXCHANGE,
         )
-        self.index(old_parent).put(old_name, IndexEntry([(UPPER, dst.kind)], closed=True))
-        self.index(new_parent).put(new_name, IndexEntry([(UPPER, src.kind)], closed=True))
+        self.index(old_parent).put(old_name, ((UPPER, dst.kind),))
+        self.index(new_parent).put(new_name, ((UPPER, src.kind),))
         src_alias.parent, src_alias.name = new_parent, new_name
         dst_alias.parent, dst_alias.name = old_parent, old_name
         old_parent.children[old_name] = dst
@@ -745,9 +754,9 @@ class Stack(StackCore):
         hostfs.remove_tree(self.work_fd, tmp)
         self._rehome(node)
         node.opaque = True
-        entry = self.index(alias.parent).entries.get(alias.name)
-        if entry is not None:
-            entry.items, entry.closed = [(UPPER, DIR)], True
+        parent_index = self.index(alias.parent)
+        if alias.name in parent_index:
+            parent_index.put(alias.name, ((UPPER, DIR),))
 
     def _copy_tree(
         self,
@@ -804,7 +813,6 @@ class Stack(StackCore):
         """After a whole-tree copy: every cached node below lives only in the upper now."""
         node.close_fds()
         node.layers = [UPPER]
-        node.lower_stat = None
         node.version += 1
         for alias in node.aliases:
             alias.in_upper = True
