@@ -68,3 +68,7 @@ for _module_name in COMMAND_MODULES:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="layerfs")
+
+
+if __name__ == "__main__":
+    main()
