@@ -73,13 +73,16 @@ def main() -> None:
         lowers, upper, work, mnt = build(Path(tmp))
         print(f"three layers in {tmp}: top -> middle -> base, plus an empty upper\n")
         lower_arg = ":".join(str(p) for p in lowers)
-        layerfs("mount", "--lower", lower_arg, "--upper", str(upper), "--work", str(work),
-                str(mnt))
+        layerfs("mount", "--lower", lower_arg, "--upper", str(upper), "--work", str(work), str(mnt))
         try:
-            show("\n1. shadowing: /etc/motd exists in base and middle; the mount shows middle's",
-                 (mnt / "etc/motd").read_text())
-            show("   /app/config from the top layer hides base's version=1:",
-                 (mnt / "app/config").read_text())
+            show(
+                "\n1. shadowing: /etc/motd exists in base and middle; the mount shows middle's",
+                (mnt / "etc/motd").read_text(),
+            )
+            show(
+                "   /app/config from the top layer hides base's version=1:",
+                (mnt / "app/config").read_text(),
+            )
             print("\n2. deleting a lower file: rm /app/old.log")
             (mnt / "app/old.log").unlink()
             print(f"    merged /app now lists: {sorted(os.listdir(mnt / 'app'))}")
@@ -87,8 +90,7 @@ def main() -> None:
             with open(mnt / "app/data.txt", "a") as f:
                 f.write("appended through the mount\n")
             show("    merged view:", (mnt / "app/data.txt").read_text())
-            show("    the middle layer is untouched:",
-                 (lowers[1] / "app/data.txt").read_text())
+            show("    the middle layer is untouched:", (lowers[1] / "app/data.txt").read_text())
             print()
             describe_upper(upper)
         finally:
