@@ -18,10 +18,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from layerfs.cli.images import open_store, root_option
 from layerfs.errors import RegistryError
 from layerfs.registry import Credentials, Options, login, pull, push
-from layerfs.registry.client import NoTransfers, Transfers
 from layerfs.registry.config import remove_credentials, save_credentials
 from layerfs.registry.platforms import parse_platform
 from layerfs.registry.reference import normalise_registry
+from layerfs.registry.transfers import NoTransfers, Transfers
 
 
 class BarTransfers:

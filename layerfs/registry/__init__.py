@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from layerfs.registry.client import NoTransfers, Options, PullResult, PushResult, login, pull, push
+from layerfs.registry.client import Options, PullResult, PushResult, login, pull, push
 from layerfs.registry.config import Credentials
 from layerfs.registry.reference import RemoteReference, parse_remote
+from layerfs.registry.transfers import NoTransfers, Transfers
 from layerfs.registry.transport import RetryPolicy
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "PushResult",
     "RemoteReference",
     "RetryPolicy",
+    "Transfers",
     "login",
     "parse_remote",
     "pull",

@@ -20,10 +20,9 @@ import io
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import httpx
 
@@ -36,6 +35,14 @@ from layerfs.registry.config import (
 )
 from layerfs.registry.platforms import host_platform, select_manifest
 from layerfs.registry.reference import RemoteReference, parse_remote, registry_endpoint
+from layerfs.registry.transfers import (
+    BodyReader,
+    Cancelled,
+    NoTransfers,
+    Transfers,
+    advancer,
+    run_parallel,
+)
 from layerfs.registry.transport import RetryPolicy, Transport
 from layerfs.store.blobs import BlobStore
 from layerfs.store.images import Image
@@ -62,29 +69,6 @@ MAX_MANIFEST = 4 << 20  # bytes, as the distribution spec allows registries to l
 CHUNK_SIZE = 8 << 20  # bytes: larger blobs are uploaded in PATCH chunks of this size
 PARALLEL = 3  # blobs transferred at once
 DIGEST_HEADER = "Docker-Content-Digest"
-
-
-class Transfers(Protocol):
-    """Receives per-blob progress (the CLI draws one bar per layer). Must be thread-safe."""
-
-    def begin(self, key: str, description: str, total: int | None) -> None: ...
-
-    def advance(self, key: str, amount: int) -> None: ...
-
-    def end(self, key: str) -> None: ...
-
-
-class NoTransfers:
-    """Reports nothing."""
-
-    def begin(self, key: str, description: str, total: int | None) -> None:
-        return None
-
-    def advance(self, key: str, amount: int) -> None:
-        return None
-
-    def end(self, key: str) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -206,7 +190,7 @@ def _pull_from(
     wanted_blobs = _unique([manifest.config, *manifest.layers])
     with store.writing():
         missing = [d for d in wanted_blobs if not store.blobs.exists(d.digest)]
-        _run_parallel(
+        run_parallel(
             opts.parallel,
             [_blob_fetcher(transport, remote.repository, d, store.blobs, opts) for d in missing],
         )
@@ -259,47 +243,12 @@ def _unique(descs: Iterable[Descriptor]) -> list[Descriptor]:
     return list(seen.values())
 
 
-class _Cancelled(Exception):
-    """Another transfer of the same operation failed: stop this one."""
-
-
 class _UploadInterrupted(Exception):
     """An upload step failed in a way that starting the upload over may fix."""
 
     def __init__(self, error: RegistryError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-class _BodyReader(io.RawIOBase):
-    """A response body as a read-only stream, never more than *limit* bytes."""
-
-    def __init__(
-        self, chunks: Iterator[bytes], limit: int, what: str, stop: threading.Event
-    ) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._pending = b""
-        self._left = limit
-        self._what = what
-        self._stop = stop
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._stop.is_set():
-            raise _Cancelled()
-        if not self._pending:
-            self._pending = next(self._chunks, b"")
-        if len(self._pending) > self._left:
-            raise DigestMismatchError(f"{self._what}: registry sent more bytes than its size")
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        self._left -= n
-        return n
 
 
 def _blob_fetcher(
@@ -327,9 +276,9 @@ def fetch_blob(
         for attempt in range(attempts):
             try:
                 with transport.stream("GET", f"/v2/{repository}/blobs/{desc.digest}") as response:
-                    body = _BodyReader(response.iter_bytes(), desc.size, what, stop)
+                    body = BodyReader(response.iter_bytes(), desc.size, what, stop)
                     stream = io.BufferedReader(body, 1 << 20)
-                    blobs.put(stream, desc.digest, desc.size, _advancer(progress, desc.digest))
+                    blobs.put(stream, desc.digest, desc.size, advancer(progress, desc.digest))
                     return
             except httpx.TransportError as exc:
                 if attempt + 1 >= attempts:
@@ -338,34 +287,10 @@ def fetch_blob(
                         temporary=True,
                     ) from exc
                 transport.wait_retry(attempt, f"{what}: {exc}")
+                progress.end(desc.digest)  # start the bar over with the download
+                progress.begin(desc.digest, desc.digest[7:19], desc.size)
     finally:
         progress.end(desc.digest)
-
-
-def _advancer(progress: Transfers, key: str) -> Callable[[int], None]:
-    return lambda amount: progress.advance(key, amount)
-
-
-def _run_parallel(limit: int, jobs: list[Callable[[threading.Event], None]]) -> None:
-    """Run *jobs* on at most *limit* threads; the first failure stops the rest and is raised."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run(job: Callable[[threading.Event], None]) -> None:
-        if stop.is_set():
-            return
-        try:
-            job(stop)
-        except _Cancelled:
-            return
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-
-    with ThreadPoolExecutor(max_workers=max(1, limit), thread_name_prefix="layerfs-xfer") as pool:
-        list(pool.map(run, jobs))
-    if errors:
-        raise errors[0]
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -391,7 +316,7 @@ def push(store: Store, local: str, ref: str, options: Options | None = None) -> 
             transport.auth.add_scope(f"repository:{repo}:pull")
         pusher = _Pusher(transport, remote.repository, store.blobs, opts, sources)
         layers = _unique(image.layers)
-        _run_parallel(opts.parallel, [pusher.job(d) for d in layers])
+        run_parallel(opts.parallel, [pusher.job(d) for d in layers])
         pusher.push_blob(image.manifest.config, threading.Event())
         digest = _put_manifest(transport, remote, store.blobs.get(image.digest), image)
     return PushResult(
@@ -487,7 +412,7 @@ class _Pusher:
         offset = 0
         while chunk := stream.read(self.opts.chunk_size):
             if stop.is_set():
-                raise _Cancelled()
+                raise Cancelled()
             end = offset + len(chunk) - 1
             headers = {
                 "Content-Type": "application/octet-stream",
