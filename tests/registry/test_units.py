@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import stat
 import threading
@@ -11,8 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.progress import Progress
 
-from layerfs.errors import BadReferenceError, ConfigError, RegistryError
+from layerfs.cli.registry import BarTransfers
+from layerfs.errors import BadReferenceError, ConfigError, NotFoundError, RegistryError
 from layerfs.registry import RetryPolicy
 from layerfs.registry.auth import parse_challenge
 from layerfs.registry.config import (
@@ -25,7 +29,17 @@ from layerfs.registry.config import (
 from layerfs.registry.platforms import matches, parse_platform, select_manifest
 from layerfs.registry.reference import parse_remote
 from layerfs.registry.transport import Transport
-from layerfs.store.oci import OCI_MANIFEST, Descriptor, Index, Platform
+from layerfs.store import Store
+from layerfs.store.oci import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    canonical_json,
+)
 from layerfs.types import Digest
 
 DIGEST = "sha256:" + "ab" * 32
@@ -229,3 +243,44 @@ def test_retry_delays() -> None:
     assert [policy.delay(n) for n in range(4)] == [0.5, 1.0, 2.0, 3]
     assert policy.delay(0, "2") == 2.0
     assert policy.delay(0, "600") == 3
+
+
+def test_add_image_needs_every_blob(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    config = canonical_json({"os": "linux", "rootfs": {"type": "layers", "diff_ids": [DIGEST]}})
+    config_info = store.blobs.put_bytes(config)
+    layer = Descriptor(OCI_LAYER_GZIP, Digest("sha256:" + "cd" * 32), 10)
+    manifest = Manifest(Descriptor(OCI_CONFIG, config_info.digest, config_info.size), (layer,))
+    info = store.blobs.put_bytes(manifest.to_bytes())
+    desc = Descriptor(OCI_MANIFEST, info.digest, info.size)
+    with pytest.raises(NotFoundError, match="missing"):
+        store.add_image(desc, "host:5000/app:1")
+    assert store.images() == []
+    store.blobs.put_bytes(b"0123456789")  # a blob, but not the layer's
+    layer_data = b"layer-data"
+    real = store.blobs.put_bytes(layer_data)
+    manifest = Manifest(manifest.config, (Descriptor(OCI_LAYER_GZIP, real.digest, real.size),))
+    info = store.blobs.put_bytes(manifest.to_bytes())
+    image = store.add_image(Descriptor(OCI_MANIFEST, info.digest, info.size), "host:5000/app:1")
+    assert image.names == ("host:5000/app:1",)
+    untagged = store.add_image(Descriptor(OCI_MANIFEST, info.digest, info.size))
+    assert untagged.names == ("host:5000/app:1",)  # a tag already keeps it
+
+
+def test_progress_bars_from_threads() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True)
+    with Progress(console=console) as bar:
+        transfers = BarTransfers(bar)
+
+        def work(key: str) -> None:
+            transfers.begin(key, key, 100)
+            for _ in range(10):
+                transfers.advance(key, 10)
+            transfers.end(key)
+
+        threads = [threading.Thread(target=work, args=(f"blob{n}",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert bar.tasks == []
