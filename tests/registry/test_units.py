@@ -256,7 +256,6 @@ def test_add_image_needs_every_blob(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="missing"):
         store.add_image(desc, "host:5000/app:1")
     assert store.images() == []
-    store.blobs.put_bytes(b"0123456789")  # a blob, but not the layer's
     layer_data = b"layer-data"
     real = store.blobs.put_bytes(layer_data)
     manifest = Manifest(manifest.config, (Descriptor(OCI_LAYER_GZIP, real.digest, real.size),))
