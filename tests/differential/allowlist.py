@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tests.differential.ops import Op, Outcome
 from tests.differential.trees import Snapshot
@@ -78,7 +78,8 @@ LINK_COPY_UP = Deviation(
     "stack has seen into the upper at once (and their parent directories); the kernel with "
     "index=on copies up only the name used and links the others through its index. The upper "
     "comparison drops such extra names (and directories made only to hold them) from "
-    "layerfs's upper when a name of the same link group is in the kernel's upper.",
+    "layerfs's upper when they name a lower hard-linked file; the directories made only to "
+    "hold them are merged directories (nlink 1) in layerfs and lower-only ones in the kernel.",
 )
 ALLOWLIST = (*ALLOWLIST, LINK_COPY_UP)
 
@@ -107,3 +108,12 @@ def reconcile_link_copy_up(
             del nodes[path]
     links = frozenset(g - extra for g in layerfs.links if len(g - extra) > 1)
     return Snapshot(nodes, links)
+
+
+def mask_dir_nlink(layerfs: Snapshot, kernel: Snapshot, holders: set[str]) -> Snapshot:
+    """*layerfs* with the kernel's nlink for the directories :data:`LINK_COPY_UP` made."""
+    nodes = dict(layerfs.nodes)
+    for path in holders:
+        if path in nodes and path in kernel.nodes:
+            nodes[path] = replace(nodes[path], nlink=kernel.nodes[path].nlink)
+    return Snapshot(nodes, layerfs.links)
