@@ -92,7 +92,7 @@ def kernel_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelO
     base = tmp_path_factory.mktemp("overlay-probe")
     if not _accepts(base / "compare", COMPARE_OPTIONS):
         pytest.fail(f"kernel overlayfs refuses {','.join(COMPARE_OPTIONS)}")
-    readback = READBACK_OPTIONS
+    readback: tuple[str, ...] = READBACK_OPTIONS
     if not _accepts(base / "readback", readback):
         readback = READBACK_FALLBACK
         if not _accepts(base / "readback2", readback):

@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,7 +169,7 @@ def snapshot_dir(root: Path, since_ns: int, merged: bool = True) -> Snapshot:
         names = os.listxattr(host, follow_symlinks=False)
         xattrs = {n: os.getxattr(host, n, follow_symlinks=False) for n in names}
         nodes[path] = _node(
-            raw, since_ns, host.read_bytes, lambda h=host: os.readlink(h), xattrs, merged
+            raw, since_ns, host.read_bytes, partial(os.readlink, host), xattrs, merged
         )
         if not stat.S_ISDIR(st_.st_mode) and not whiteout.is_whiteout_stat(st_):
             inos[path] = st_.st_ino
@@ -195,8 +196,8 @@ def snapshot_stack(stack: Stack, since_ns: int) -> Snapshot:
         nodes[path] = _node(
             raw,
             since_ns,
-            lambda p=path: stack.read_bytes(p),
-            lambda p=path: stack.readlink(p),
+            partial(stack.read_bytes, path),
+            partial(stack.readlink, path),
             xattrs,
             merged=True,
         )

@@ -45,6 +45,10 @@ OWNERS = ((1000, -1), (-1, 1000), (0, 0), (1001, 1002))
 FLAGS = (0, 0, layerfs.RENAME_NOREPLACE, layerfs.RENAME_EXCHANGE)
 
 
+def _name(code: int | None) -> str:
+    return "ok" if code is None else errno.errorcode.get(code, str(code))
+
+
 def _errno_of(call: Callable[[], object]) -> int | None:
     try:
         call()
@@ -90,8 +94,7 @@ class StackMachine(RuleBasedStateMachine):
         """Run one operation on both sides; they must agree on success or errno."""
         want = _errno_of(on_model)
         got = _errno_of(on_stack)
-        name = lambda e: "ok" if e is None else errno.errorcode.get(e, str(e))  # noqa: E731
-        assert got == want, f"{what}: layerfs {name(got)}, model {name(want)}"
+        assert got == want, f"{what}: layerfs {_name(got)}, model {_name(want)}"
         return got
 
     def kind(self, path: str) -> str | None:

@@ -59,8 +59,8 @@ def _errno(call: Callable[[], object]) -> int | None:
 
 @pytest.mark.root
 def test_chardev_whiteout_hides_the_name_below(tmp_path: Path) -> None:
-    top = {"/f": L.Whiteout("chardev"), "/d": L.Whiteout("chardev")}
-    bottom = {"/f": L.File(b"x"), "/d": L.Dir(), "/d/g": L.File(b"y"), "/keep": L.File()}
+    top: L.Layer = {"/f": L.Whiteout("chardev"), "/d": L.Whiteout("chardev")}
+    bottom: L.Layer = {"/f": L.File(b"x"), "/d": L.Dir(), "/d/g": L.File(b"y"), "/keep": L.File()}
     with _stack(tmp_path, [top, bottom]) as s:
         assert s.listdir("/") == ["keep"]
         assert _errno(lambda: s.lstat("/f")) == errno.ENOENT
@@ -68,8 +68,8 @@ def test_chardev_whiteout_hides_the_name_below(tmp_path: Path) -> None:
 
 
 def test_wh_file_whiteout_hides_the_name_below(tmp_path: Path) -> None:
-    top = {"/f": L.Whiteout("whfile"), "/d": L.Dir(), "/d/g": L.Whiteout("whfile")}
-    bottom = {"/f": L.File(b"x"), "/d": L.Dir(), "/d/g": L.File(), "/d/h": L.File()}
+    top: L.Layer = {"/f": L.Whiteout("whfile"), "/d": L.Dir(), "/d/g": L.Whiteout("whfile")}
+    bottom: L.Layer = {"/f": L.File(b"x"), "/d": L.Dir(), "/d/g": L.File(), "/d/h": L.File()}
     with _stack(tmp_path, [top, bottom]) as s:
         assert s.listdir("/") == ["d"]
         assert s.listdir("/d") == ["h"]
@@ -81,8 +81,8 @@ def test_wh_file_whiteout_hides_the_name_below(tmp_path: Path) -> None:
     [pytest.param("trusted", marks=pytest.mark.root), "user", "marker"],
 )
 def test_opaque_directory_hides_lower_content(tmp_path: Path, style: L.OpaqueStyle) -> None:
-    top = {"/d": L.Dir(opaque=style), "/d/new": L.File(b"n")}
-    bottom = {"/d": L.Dir(), "/d/old": L.File(b"o"), "/other": L.File()}
+    top: L.Layer = {"/d": L.Dir(opaque=style), "/d/new": L.File(b"n")}
+    bottom: L.Layer = {"/d": L.Dir(), "/d/old": L.File(b"o"), "/other": L.File()}
     with _stack(tmp_path, [top, bottom]) as s:
         assert s.listdir("/d") == ["new"]
         assert _errno(lambda: s.lstat("/d/old")) == errno.ENOENT
@@ -100,8 +100,8 @@ def test_opaque_in_a_middle_layer_stops_only_below_it(tmp_path: Path) -> None:
 
 
 def test_non_directory_hides_a_lower_directory(tmp_path: Path) -> None:
-    top = {"/d": L.File(b"file wins")}
-    bottom = {"/d": L.Dir(), "/d/inner": L.File()}
+    top: L.Layer = {"/d": L.File(b"file wins")}
+    bottom: L.Layer = {"/d": L.Dir(), "/d/inner": L.File()}
     with _stack(tmp_path, [top, bottom]) as s:
         assert stat.S_ISREG(s.lstat("/d").mode)
         assert s.read_bytes("/d") == b"file wins"
@@ -109,8 +109,8 @@ def test_non_directory_hides_a_lower_directory(tmp_path: Path) -> None:
 
 
 def test_directory_over_a_file_wins(tmp_path: Path) -> None:
-    top = {"/d": L.Dir(mode=0o700), "/d/inner": L.File(b"i")}
-    bottom = {"/d": L.File(b"hidden")}
+    top: L.Layer = {"/d": L.Dir(mode=0o700), "/d/inner": L.File(b"i")}
+    bottom: L.Layer = {"/d": L.File(b"hidden")}
     with _stack(tmp_path, [top, bottom]) as s:
         st = s.lstat("/d")
         assert stat.S_ISDIR(st.mode) and stat.S_IMODE(st.mode) == 0o700
@@ -135,7 +135,7 @@ def test_three_layers_merge_and_the_top_most_wins(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_private_xattrs_are_hidden(tmp_path: Path) -> None:
-    layer = {
+    layer: L.Layer = {
         "/d": L.Dir(opaque="trusted", xattrs=(("user.x", b"1"),)),
         "/f": L.File(xattrs=(("user.y", b"2"),)),
     }
@@ -152,7 +152,11 @@ def test_private_xattrs_are_hidden(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_whiteout_names_and_markers_are_never_listed(tmp_path: Path) -> None:
-    top = {"/d": L.Dir(opaque="marker"), "/gone": L.Whiteout("whfile"), "/dev0": L.Whiteout()}
+    top: L.Layer = {
+        "/d": L.Dir(opaque="marker"),
+        "/gone": L.Whiteout("whfile"),
+        "/dev0": L.Whiteout(),
+    }
     with _stack(tmp_path, [top, {"/x": L.File()}]) as s:
         assert s.listdir("/") == ["d", "x"]
         assert s.listdir("/d") == []
@@ -163,15 +167,19 @@ def test_whiteout_names_and_markers_are_never_listed(tmp_path: Path) -> None:
 
 
 def test_a_whiteout_in_an_empty_layer_hides_nothing_else(tmp_path: Path) -> None:
-    top = {"/nothing": L.Whiteout("whfile")}
-    bottom = {"/nothing2": L.File(b"kept")}
+    top: L.Layer = {"/nothing": L.Whiteout("whfile")}
+    bottom: L.Layer = {"/nothing2": L.File(b"kept")}
     with _stack(tmp_path, [top, bottom]) as s:
         assert s.listdir("/") == ["nothing2"]
 
 
 @pytest.mark.parametrize("call", sorted(RO_STACK_CALLS))
 def test_read_only_stack_refuses_every_change(tmp_path: Path, call: str) -> None:
-    layer = {"/d": L.Dir(), "/d/f": L.File(b"x", xattrs=(("user.x", b"1"),)), "/empty": L.Dir()}
+    layer: L.Layer = {
+        "/d": L.Dir(),
+        "/d/f": L.File(b"x", xattrs=(("user.x", b"1"),)),
+        "/empty": L.Dir(),
+    }
     with _stack(tmp_path, [layer], writable=False) as s:
         assert s.readonly
         assert _errno(lambda: RO_STACK_CALLS[call](s)) == errno.EROFS
