@@ -288,7 +288,11 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.inodes.node(inode)
-        handle = await self._in_thread(self.stack.open_node, node, flags & ~_KERNEL_FLAGS)
+        flags &= ~_KERNEL_FLAGS
+        if (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC:
+            handle = self.stack.open_node(node, flags)  # no copy-up: one open(2), inline
+        else:
+            handle = await self._in_thread(self.stack.open_node, node, flags)
         return self._file_info(inode, handle)
 
     @_boundary
@@ -318,13 +322,13 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self.files.get(fh).handle
-        return await self._in_thread(handle.read, size, off)
+        # Inline: a pread of at most max_read bytes; a thread hop would cost more than it
+        # saves, and the kernel's readahead keeps cold sequential reads streaming.
+        return self.files.get(fh).handle.read(size, off)
 
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self.files.get(fh).handle
-        return await self._in_thread(_write_all, handle, buf, off)
+        return _write_all(self.files.get(fh).handle, buf, off)  # into the page cache: inline
 
     @_boundary
     async def flush(self, fh: int) -> None:
@@ -334,7 +338,7 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         item = self.files.pop(fh)
         try:
-            await self._in_thread(item.handle.close)
+            item.handle.close()
         finally:
             self._drop(self.inodes.unpin(item.ino))
 
