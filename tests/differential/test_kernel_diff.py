@@ -66,7 +66,7 @@ def _scratch(tmp_path: Path) -> Path:
 
 
 @pytest.mark.timeout(900)
-@oracle_settings(default=30, ci=200, deep=2000)
+@oracle_settings(default=50, ci=800, deep=5000)
 @given(scenario=O.scenarios())
 def test_model_matches_kernel(
     kernel_overlay: KernelOverlay, tmp_path: Path, scenario: tuple[list[L.Layer], list[O.Op]]
@@ -119,7 +119,7 @@ def _outcome_differences(
 
 
 @pytest.mark.timeout(900)
-@oracle_settings(default=30, ci=250, deep=2000)
+@oracle_settings(default=50, ci=800, deep=5000)
 @given(scenario=O.scenarios())
 def test_layerfs_matches_kernel(
     kernel_overlay: KernelOverlay, tmp_path: Path, scenario: tuple[list[L.Layer], list[O.Op]]

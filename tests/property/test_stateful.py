@@ -313,6 +313,6 @@ class StackMachine(RuleBasedStateMachine):
 
 
 StackMachine.TestCase.settings = oracle_settings(
-    default=50, ci=300, deep=3000, stateful_step_count=30
+    default=100, ci=1000, deep=10000, stateful_step_count=40
 )
 TestStackMachine = pytest.mark.timeout(900)(StackMachine.TestCase)
