@@ -225,8 +225,8 @@ class Model:
 
     def symlink(self, target: str, path: str) -> None:
         self._new_name(path)
-        self.nodes[path] = Inode("symlink", 0o777, self.uid, self.gid, target=target)
-        self.nodes[path].mtime_ns = None
+        node = Inode("symlink", 0o777, self.uid, self.gid, target=target, mtime_ns=None)
+        self.nodes[path] = node
 
     def mkfifo(self, path: str, mode: int) -> None:
         self._new_name(path)
@@ -255,7 +255,8 @@ class Model:
             raise fail(errno.EEXIST, new)
         if node.kind == "dir":
             raise fail(errno.EPERM, old)
-        self._new_name(new)
+        if L.name_of(new).startswith(".wh."):
+            raise fail(errno.EINVAL, new)
         self.nodes[new] = node
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
