@@ -22,7 +22,7 @@ import stat
 import threading
 from pathlib import Path
 
-from layerfs import copyup, hostfs
+from layerfs import hostfs
 from layerfs.errors import oserror
 from layerfs.node import (
     DIR,
@@ -201,8 +201,6 @@ class StackCore:
             linked = self._linked.get(key)
             if linked is not None and linked.aliases:
                 linked.aliases.append(alias)
-                if linked.in_upper and not alias.in_upper and self.has_upper:
-                    copyup.link_up_all(self, linked)
                 return linked
         node = Node(self._ino_for(key), kind, [pos] if data_pos is None else [UPPER, data_pos])
         node.aliases.append(alias)

@@ -114,6 +114,7 @@ class Node:
         "ino",
         "kind",
         "layers",
+        "no_xattrs",
         "opaque",
         "version",
     )
@@ -124,6 +125,7 @@ class Node:
         self.layers = layers
         self.aliases: list[Alias] = []
         self.opaque = False
+        self.no_xattrs = False  # a lower-only object known to carry no xattrs (cached)
         self.version = 0
         is_dir = kind == DIR
         self.children: dict[str, Node] = {} if is_dir else _NO_CHILDREN

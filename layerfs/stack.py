@@ -267,10 +267,20 @@ class Stack(StackCore):
 
     # == node API: xattrs ===================================================================
     def getxattr_node(self, node: Node, name: str) -> bytes:
+        """One xattr's value (ENODATA when missing).
+
+        ``ls -l`` asks for two xattrs of every file and most lower files have none: that
+        answer is remembered per lower-only node, since lower objects never change.
+        """
         _check_xattr_name(name)
         with self.lock:
+            if node.no_xattrs and node.lower_only:
+                raise oserror(errno.ENODATA, name)
             dirfd, host_name = self.location(node)
             with hostfs.opath(dirfd, host_name) as path:
+                if node.lower_only and not os.listxattr(path):
+                    node.no_xattrs = True
+                    raise oserror(errno.ENODATA, name)
                 return os.getxattr(path, name)
 
     def listxattr_node(self, node: Node) -> list[str]:
@@ -363,11 +373,11 @@ class Stack(StackCore):
     def link_at(self, node: Node, new_parent: Node, new_name: str) -> Node:
         """Give *node* another name; the node itself is returned."""
         with self.lock:
-            if node.is_dir:
-                raise oserror(errno.EPERM, new_name)
             if not node.aliases:
                 raise oserror(errno.ENOENT, new_name)
-            self._check_new_name(new_parent, new_name)
+            self._check_new_name(new_parent, new_name)  # EEXIST comes before EPERM
+            if node.is_dir:
+                raise oserror(errno.EPERM, new_name)
             self.check_writable()
             copyup.copy_up(self, node, data=True)
             src_fd, src_name = self.upper_location(node)
@@ -584,28 +594,38 @@ class Stack(StackCore):
                 dst = None
             if old_name in (".", "..") or new_name in (".", ".."):
                 raise oserror(errno.EBUSY)
-            if flags & RENAME_EXCHANGE:
-                if dst is None:
-                    raise oserror(errno.ENOENT, new_name)
-                self._exchange(old_parent, old_name, src, new_parent, new_name, dst)
-                return
-            if dst is not None and flags & RENAME_NOREPLACE:
-                raise oserror(errno.EEXIST, new_name)
-            self._check_rename(src, new_parent, dst)
+            self._check_rename_order(old_parent, src, new_parent, dst, flags)
             if dst is src:
                 return  # same object (or the same hard link): nothing to do, as POSIX says
+            if flags & RENAME_EXCHANGE:
+                assert dst is not None
+                self._exchange(old_parent, old_name, src, new_parent, new_name, dst)
+                return
+            self._check_rename_types(src, dst)
             self._rename(old_parent, old_name, src, new_parent, new_name, dst)
 
-    def _check_rename(self, src: Node, new_parent: Node, dst: Node | None) -> None:
-        if src.is_dir:
-            if src is new_parent or src.is_ancestor_of(new_parent):
-                raise oserror(errno.EINVAL)
-            if dst is not None and not dst.is_dir:
-                raise oserror(errno.ENOTDIR)
-            if dst is not None and dst is not src and len(self.index(dst)):
-                raise oserror(errno.ENOTEMPTY)
-        elif dst is not None and dst.is_dir:
+    def _check_rename_order(
+        self, old_parent: Node, src: Node, new_parent: Node, dst: Node | None, flags: int
+    ) -> None:
+        """The checks renameat2(2) makes before the filesystem sees the rename, in its order."""
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise oserror(errno.EEXIST)
+        if flags & RENAME_EXCHANGE and dst is None:
+            raise oserror(errno.ENOENT)
+        if src is new_parent or (src.is_dir and src.is_ancestor_of(new_parent)):
+            raise oserror(errno.EINVAL)  # the source is an ancestor of the target
+        if dst is not None and dst.is_dir and dst.is_ancestor_of(old_parent):
+            raise oserror(errno.EINVAL if flags & RENAME_EXCHANGE else errno.ENOTEMPTY)
+
+    def _check_rename_types(self, src: Node, dst: Node | None) -> None:
+        if dst is None:
+            return
+        if src.is_dir and not dst.is_dir:
+            raise oserror(errno.ENOTDIR)
+        if not src.is_dir and dst.is_dir:
             raise oserror(errno.EISDIR)
+        if dst.is_dir and len(self.index(dst)):
+            raise oserror(errno.ENOTEMPTY)
 
     def _rename(
         self,
@@ -699,8 +719,6 @@ class Stack(StackCore):
     def _exchange(
         self, old_parent: Node, old_name: str, src: Node, new_parent: Node, new_name: str, dst: Node
     ) -> None:
-        if src is dst:
-            return
         for moving, target_parent in ((src, new_parent), (dst, old_parent)):
             if moving.is_dir and (moving is target_parent or moving.is_ancestor_of(target_parent)):
                 raise oserror(errno.EINVAL)
@@ -735,10 +753,9 @@ class Stack(StackCore):
         assert alias.parent is not None
         copyup.copy_up(self, alias.parent)
         tmp = self.tmpname()
-        links: dict[int, tuple[int, str]] = {}
         fds: list[int] = []
         try:
-            self._copy_tree(node, self.work_fd, tmp, links, fds)
+            self._copy_tree(node, self.work_fd, tmp, fds)
             hostfs.setxattr_at(self.work_fd, tmp, self.options.upper_format.opaque_xattr, b"y")
             upper_fd = self.dirfd(alias.parent, UPPER)
             if alias.in_upper:
@@ -752,20 +769,13 @@ class Stack(StackCore):
             for fd in fds:
                 os.close(fd)
         hostfs.remove_tree(self.work_fd, tmp)
-        self._rehome(node)
+        self._rehome(node, alias)
         node.opaque = True
         parent_index = self.index(alias.parent)
         if alias.name in parent_index:
             parent_index.put(alias.name, ((UPPER, DIR),))
 
-    def _copy_tree(
-        self,
-        node: Node,
-        dst_fd: int,
-        dst_name: str,
-        links: dict[int, tuple[int, str]],
-        fds: list[int],
-    ) -> None:
+    def _copy_tree(self, node: Node, dst_fd: int, dst_name: str, fds: list[int]) -> None:
         src_fd, src_name = self.location(node)
         st = hostfs.lstat_at(src_fd, src_name)
         os.mkdir(dst_name, 0o700, dir_fd=dst_fd)
@@ -774,52 +784,55 @@ class Stack(StackCore):
         for name in list(self.index(node).names()):
             child = self.lookup_locked(node, name)
             if child.is_dir:
-                self._copy_tree(child, child_fd, name, links, fds)
+                self._copy_tree(child, child_fd, name, fds)
             else:
-                self._copy_leaf(child, child_fd, name, links)
+                self._copy_leaf(child, child_fd, name)
         _copy_attrs(src_fd, src_name, dst_fd, dst_name, st)
         self.register_copy(node, hostfs.lstat_at(dst_fd, dst_name))
 
-    def _copy_leaf(
-        self, node: Node, dst_fd: int, name: str, links: dict[int, tuple[int, str]]
-    ) -> None:
-        if node.ino in links:
-            link_fd, link_name = links[node.ino]
-            os.link(link_name, name, src_dir_fd=link_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+    def _copy_leaf(self, node: Node, dst_fd: int, name: str) -> None:
+        """Put one non-directory of a directory being copied whole into the new tree.
+
+        An object that is (or, as a lower hard link, becomes) an upper object is hard-linked
+        into the tree, so links to names outside the directory survive the rename; a lower
+        object with one name is copied.
+        """
+        if node.in_upper or self.host_stat(node).st_nlink > 1:
+            copyup.copy_up(self, node, data=True)
+            src_fd, src_name = self.upper_location(node)
+            os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
             return
         src_fd, src_name = self.location(node)
         st = hostfs.lstat_at(src_fd, src_name)
         if node.kind == REG:
-            data_fd, data_name = self._read_location(node)
-            src = os.open(data_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=data_fd)
-            dst = os.open(
-                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dst_fd
-            )
+            src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
             try:
-                hostfs.copy_data(src, dst, st.st_size)
+                dst = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dst_fd
+                )
+                try:
+                    hostfs.copy_data(src, dst, st.st_size)
+                finally:
+                    os.close(dst)
             finally:
                 os.close(src)
-                os.close(dst)
         elif node.kind == LNK:
             os.symlink(os.readlink(src_name, dir_fd=src_fd), name, dir_fd=dst_fd)
         else:
             os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst_fd)
         _copy_attrs(src_fd, src_name, dst_fd, name, st)
         self.register_copy(node, hostfs.lstat_at(dst_fd, name))
-        if len(node.aliases) > 1:
-            links[node.ino] = (dst_fd, name)
 
-    def _rehome(self, node: Node) -> None:
-        """After a whole-tree copy: every cached node below lives only in the upper now."""
+    def _rehome(self, node: Node, alias: Alias) -> None:
+        """After a whole-tree copy: the nodes below live in the upper only, under *alias*."""
         node.close_fds()
         node.layers = [UPPER]
         node.version += 1
-        for alias in node.aliases:
-            alias.in_upper = True
+        alias.in_upper = True
         if node.is_dir:
             node.index = None
-            for child in node.children.values():
-                self._rehome(child)
+            for name, child in node.children.items():
+                self._rehome(child, _alias_at(child, node, name))
 
     # == path API ===========================================================================
     def resolve(self, path: str) -> Node:
