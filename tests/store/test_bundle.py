@@ -82,6 +82,7 @@ def test_runc_runs_a_bundle(tmp_path: Path) -> None:
         E("bin/sh", "symlink", target="busybox"),
         E("etc", "dir"),
         E("etc/motd", data=b"from the image\n"),
+        E("etc/gone", data=b"deleted by the container\n"),
     ]
     write_oci_layout(tmp_path / "src", [Image("bb:1", [layer])])
     root = tmp_path / "store"
@@ -91,7 +92,8 @@ def test_runc_runs_a_bundle(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     result = _layerfs(
         "bundle", "--root", root, "box", bundle, "--",
-        "/bin/sh", "-c", "echo written > /out; cat /etc/motd",
+        "/bin/sh", "-c",
+        "cat /etc/motd; echo written > /out; echo changed >> /etc/motd; rm /etc/gone",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     try:
@@ -110,6 +112,17 @@ def test_runc_runs_a_bundle(tmp_path: Path) -> None:
         done = _layerfs("umount", bundle / "rootfs")
         if done.returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(bundle / "rootfs")], check=False)
+    # the changes sit in the container's writable layer, and diff and commit see them
+    upper = store.container("box").upper
+    assert (upper / "out").read_text() == "written\n"
+    assert (upper / "etc" / "motd").read_text() == "from the image\nchanged\n"
+    assert os.stat(upper / "etc" / "gone", follow_symlinks=False).st_rdev == 0
     changes = [f"{c.kind.name} {c.path}" for c in Store.open(root).diff("box")]
-    assert "ADDED /out" in changes
-    assert (store.container("box").upper / "out").read_text() == "written\n"
+    assert {"ADDED /out", "CHANGED /etc/motd", "DELETED /etc/gone"} <= set(changes)
+    committed = Store.open(root).commit("box", "bb:2")
+    flat = tmp_path / "flat"
+    Store.open(root).unpack("bb:2", flat)
+    assert (flat / "out").read_text() == "written\n"
+    assert (flat / "etc" / "motd").read_text() == "from the image\nchanged\n"
+    assert not (flat / "etc" / "gone").exists()
+    assert len(committed.layers) == 2
