@@ -143,10 +143,10 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self.inodes.node(parent_inode)
         try:
-            node = self.stack.lookup(parent, os.fsdecode(name))
+            node, st = self.stack.lookup_attr(parent, os.fsdecode(name))
         except FileNotFoundError:
             return negative_entry(self._timeout(parent))
-        return self._reply(node, self.stack.getattr(node))
+        return self._reply(node, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # Must never raise: there is no request to answer.
@@ -364,10 +364,9 @@ class Operations(pyfuse3.Operations):
         for index in range(start_id, len(listing.names)):
             name = listing.names[index]
             try:
-                node = self.stack.lookup(directory, name)
+                node, st = self.stack.lookup_attr(directory, name)
             except FileNotFoundError:
                 continue  # removed since opendir: may be left out, never repeated
-            st = self.stack.getattr(node)
             attr = entry_attributes(st, self._timeout(node))
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
                 return

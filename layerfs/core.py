@@ -174,23 +174,27 @@ class StackCore:
         if name == "..":
             up = parent.aliases[0].parent
             return up if up is not None else self.root
+        return self.lookup_stat_locked(parent, name)[0]
+
+    def lookup_stat_locked(self, parent: Node, name: str) -> tuple[Node, os.stat_result | None]:
+        """Like :meth:`lookup_locked`, with the host stat taken if the node was just made."""
         child = parent.children.get(name)
         if child is not None:
-            return child
+            return child, None
         items = self.index(parent).get(name)
         if items is None:
             raise oserror(errno.ENOENT, name)
-        node = self._make_node(parent, name, items)
+        node, st = self._make_node(parent, name, items)
         parent.children[name] = node
-        return node
+        return node, st
 
-    def _make_node(self, parent: Node, name: str, items: Items) -> Node:
+    def _make_node(self, parent: Node, name: str, items: Items) -> tuple[Node, os.stat_result]:
         pos = items[0][0]
         pfd = self.dirfd(parent, pos)
         st = hostfs.lstat_at(pfd, name)
         kind = stat.S_IFMT(st.st_mode)
         if kind == DIR:
-            return self._make_dir(parent, name, items, st)
+            return self._make_dir(parent, name, items, st), st
         data_pos = None
         if pos == UPPER and kind == REG and len(items) > 1 and self._is_metacopy(pfd, name):
             data_pos = items[1][0]
@@ -201,7 +205,7 @@ class StackCore:
             linked = self._linked.get(key)
             if linked is not None and linked.aliases:
                 linked.aliases.append(alias)
-                return linked
+                return linked, st
         node = Node(self._ino_for(key), kind, [pos] if data_pos is None else [UPPER, data_pos])
         node.aliases.append(alias)
         if data_pos is not None:
@@ -209,7 +213,7 @@ class StackCore:
             node.data_name = name
         if key_st.st_nlink > 1:
             self._linked[key] = node
-        return node
+        return node, st
 
     def _make_dir(self, parent: Node, name: str, items: Items, st: os.stat_result) -> Node:
         candidates = [p for p, k in items if k == DIR]

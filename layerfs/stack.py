@@ -100,6 +100,14 @@ class Stack(StackCore):
         with self.lock:
             return self.lookup_locked(parent, name)
 
+    def lookup_attr(self, parent: Node, name: str) -> tuple[Node, Stat]:
+        """:meth:`lookup` and :meth:`getattr` in one call, with one host stat for a new node."""
+        with self.lock:
+            node, st = self.lookup_stat_locked(parent, name)
+            if st is None or len(node.aliases) > 1:  # a hard link's name may be stale
+                return node, self._getattr(node)
+            return node, self.to_stat(node, st)
+
     def getattr(self, node: Node) -> Stat:
         with self.lock:
             return self._getattr(node)

@@ -44,9 +44,10 @@ ALLOWLIST: tuple[Deviation, ...] = (
     ),
     Deviation(
         "opaque on directories created in a merged parent",
-        "the kernel (index=on) marks every new directory in a merged parent opaque as an "
-        "optimisation; layerfs marks only directories created over a whiteout. The upper "
-        "normaliser keeps opaque only where a lower directory is hidden by it.",
+        "the kernel marks every new directory in a merged parent opaque, and so does layerfs; "
+        "but a directory layerfs copies up whole on rename is opaque where the kernel's "
+        "mv fallback makes a plain one. The upper normaliser keeps opaque only where a lower "
+        "directory is hidden by it.",
     ),
     Deviation(
         "metacopy upper files",
