@@ -29,10 +29,12 @@ import pytest
 from layerfs import Stack
 from layerfs.store.store import Store
 from layerfs.tar import Compression
+from tests.fuse.conftest import force_unmount, run_cli
 
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.root,
+    pytest.mark.fuse,
     pytest.mark.slow,
     pytest.mark.timeout(300),
     pytest.mark.skipif(
@@ -175,6 +177,16 @@ def test_umoci_image_imported_and_stacked(tmp_path: Path) -> None:
 
     store.unpack("img", tmp_path / "flat")
     assert host_tree(tmp_path / "flat") == expected
+
+    # and through a real FUSE mount of the image by name
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run_cli("mount", "--root", str(store.root), "img", str(mnt))
+    try:
+        assert host_tree(mnt) == expected
+    finally:
+        if run_cli("umount", str(mnt), check=False).returncode != 0:
+            force_unmount(mnt)
 
 
 def _change_through_stack(stack: Stack) -> None:
