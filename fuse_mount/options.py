@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from fuse_mount.attrs import Timeouts
 from layerfs.errors import ConfigError
+from layerfs.options import split_escaped
 
 # Passed to libfuse as they are: FUSE options and the generic flags libfuse turns into
 # mount(2) flags. libfuse itself adds nosuid,nodev unless suid / dev are given.
@@ -99,23 +100,7 @@ def split_option_list(text: str) -> list[str]:
     Backslash-escaped commas belong to a value (overlayfs accepts ``\\,`` and ``\\:`` in
     layer paths), so they must survive until the stack parses its own options.
     """
-    items: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            current.append(char)
-            escaped = True
-        elif char == ",":
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return [item for item in items if item]
+    return split_escaped(text, ",", keep_escapes=True)
 
 
 def escape_option_value(value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +76,9 @@ def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
         if key == "lowerdir":
             lowers.extend(Path(p) for p in _split_lowerdir(value))
         elif key == "upperdir":
-            upper = Path(value)
+            upper = Path(_unescape(value))
         elif key == "workdir":
-            work = Path(value)
+            work = Path(_unescape(value))
         elif key == "userxattr":
             upper_format = UpperFormat(XattrNamespace.USER, WhiteoutStyle.CHARDEV)
         elif key == "metacopy":
@@ -90,36 +91,39 @@ def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
     return StackSpec(tuple(lowers), upper, work, options), rest
 
 
-def _split_options(text: str) -> list[str]:
-    items, current, escaped = [], [], False
-    for ch in text:
+def split_escaped(text: str, sep: str, *, keep_escapes: bool) -> list[str]:
+    """Split *text* at unescaped *sep*; empty items are dropped.
+
+    A backslash escapes the next character (overlayfs accepts ``\\,`` and ``\\:`` in layer
+    paths). ``keep_escapes`` leaves the backslashes in, for a consumer that splits again.
+    """
+    items: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in text:
         if escaped:
-            current.append(ch)
+            current.append(char)
             escaped = False
-        elif ch == "\\":
-            current.append(ch)
+        elif char == "\\":
+            if keep_escapes:
+                current.append(char)
             escaped = True
-        elif ch == ",":
+        elif char == sep:
             items.append("".join(current))
             current = []
         else:
-            current.append(ch)
+            current.append(char)
     items.append("".join(current))
-    return [i for i in items if i]
+    return [item for item in items if item]
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def _split_options(text: str) -> list[str]:
+    return split_escaped(text, ",", keep_escapes=True)
 
 
 def _split_lowerdir(value: str) -> list[str]:
-    parts, current, escaped = [], [], False
-    for ch in value:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return [p for p in parts if p]
+    return split_escaped(value, ":", keep_escapes=False)

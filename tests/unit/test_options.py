@@ -1,0 +1,39 @@
+"""Overlay option syntax: escapes, layer order, unknown options left for the caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layerfs import ConfigError, Stack
+from layerfs.options import parse_mount_options, split_escaped
+
+
+def test_escaped_separators_stay_in_paths() -> None:
+    spec, rest = parse_mount_options(
+        r"lowerdir=/l/a\:b:/l/c,upperdir=/u\,x,workdir=/w,allow_other,userxattr,metacopy=off"
+    )
+    assert spec.lowers == (Path("/l/a:b"), Path("/l/c"))
+    assert spec.upper == Path("/u,x") and spec.work == Path("/w")
+    assert rest == ["allow_other"]
+    assert spec.options.upper_format.opaque_xattr == "user.overlay.opaque"
+    assert spec.options.metacopy is False
+
+
+def test_split_escaped_keeps_escapes_when_asked() -> None:
+    assert split_escaped(r"a,b=c\,d,,", ",", keep_escapes=True) == ["a", r"b=c\,d"]
+    assert split_escaped(r"a\:b:c", ":", keep_escapes=False) == ["a:b", "c"]
+
+
+def test_stack_refuses_unknown_options(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown stack option: bogus"):
+        Stack.from_mount_options(f"lowerdir={tmp_path},bogus")
+
+
+def test_bad_stacks_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a directory"):
+        Stack([tmp_path / "missing"])
+    (tmp_path / "u").mkdir()
+    with pytest.raises(ConfigError, match="work directory"):
+        Stack([tmp_path], upper=tmp_path / "u")
