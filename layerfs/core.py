@@ -13,7 +13,6 @@ never changes while the stack is assembled and no two objects share one.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -355,7 +354,7 @@ class StackCore:
         result = Stat.from_host(st, node.ino, nlink)
         if node.data_dirfd is not None:
             data = hostfs.lstat_at(node.data_dirfd, node.data_name)
-            result = dataclasses.replace(result, blocks=data.st_blocks)
+            result = result._replace(blocks=data.st_blocks)
         return result
 
 

@@ -6,7 +6,7 @@ import enum
 import os
 import stat as _stat
 from dataclasses import dataclass
-from typing import NewType
+from typing import NamedTuple, NewType
 
 InodeNo = NewType("InodeNo", int)
 Digest = NewType("Digest", str)  # "sha256:<64 hex>"
@@ -28,9 +28,12 @@ class FileKind(enum.IntEnum):
         return cls(_stat.S_IFMT(mode))
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """Attributes of an object in the merged view (``st_ino`` is the stack's own number)."""
+class Stat(NamedTuple):
+    """Attributes of an object in the merged view (``st_ino`` is the stack's own number).
+
+    A named tuple rather than a frozen dataclass: one is built for every entry of every
+    directory listing the FUSE mount answers, and a tuple is built ten times faster.
+    """
 
     ino: int
     mode: int
@@ -52,18 +55,18 @@ class Stat:
     @classmethod
     def from_host(cls, st: os.stat_result, ino: int, nlink: int | None = None) -> Stat:
         return cls(
-            ino=ino,
-            mode=st.st_mode,
-            nlink=st.st_nlink if nlink is None else nlink,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            rdev=st.st_rdev,
-            size=st.st_size,
-            blocks=st.st_blocks,
-            blksize=st.st_blksize,
-            atime_ns=st.st_atime_ns,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
+            ino,
+            st.st_mode,
+            st.st_nlink if nlink is None else nlink,
+            st.st_uid,
+            st.st_gid,
+            st.st_rdev,
+            st.st_size,
+            st.st_blocks,
+            st.st_blksize,
+            st.st_atime_ns,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
         )
 
 
