@@ -212,6 +212,7 @@ class StackCore:
             node.data_name = name
         if key_st.st_nlink > 1:
             self._linked[key] = node
+            node.linked = True
         return node, st
 
     def _make_dir(self, parent: Node, name: str, items: Items, st: os.stat_result) -> Node:
@@ -326,7 +327,7 @@ class StackCore:
                 parent = alias.parent
                 if parent is not None and parent.children.get(alias.name) is node:
                     del parent.children[alias.name]
-            if not node.is_dir:
+            if node.linked:  # scan the hard-link table only for nodes that are in it
                 for key in [k for k, n in self._linked.items() if n is node]:
                     del self._linked[key]
             node.close_fds()
@@ -341,6 +342,7 @@ class StackCore:
         self._inos[key] = node.ino
         if not node.is_dir and (st.st_nlink > 1 or len(node.aliases) > 1):
             self._linked[key] = node
+            node.linked = True
 
     # -- attributes --------------------------------------------------------------------------
     def host_stat(self, node: Node) -> os.stat_result:

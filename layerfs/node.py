@@ -114,6 +114,7 @@ class Node:
         "ino",
         "kind",
         "layers",
+        "linked",
         "no_xattrs",
         "opaque",
         "version",
@@ -126,6 +127,7 @@ class Node:
         self.aliases: list[Alias] = []
         self.opaque = False
         self.no_xattrs = False  # a lower-only object known to carry no xattrs (cached)
+        self.linked = False  # registered in the stack's hard-link table
         self.version = 0
         is_dir = kind == DIR
         self.children: dict[str, Node] = {} if is_dir else _NO_CHILDREN

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import platform
 import shutil
 import tarfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from layerfs.errors import BadReferenceError, DigestMismatchError, LayerFormatError, StoreError
-from layerfs.store.blobs import BlobStore, digest_bytes, fsync_dir
+from layerfs.store.blobs import BlobStore, atomic_file, digest_bytes
 from layerfs.store.images import Image, with_tag, with_untagged
 from layerfs.store.layout import INDEX_FILE, OCI_LAYOUT_FILE, check_layout_marker
 from layerfs.store.oci import (
@@ -234,7 +233,7 @@ def export_oci(blobs: BlobStore, image: Image, names: Sequence[str], dest: Path)
         target = dest_blobs / desc.digest.split(":", 1)[1]
         if target.exists():
             continue
-        with blobs.open(desc.digest) as src, _atomic_file(target, dest) as out:
+        with blobs.open(desc.digest) as src, atomic_file(target, dest) as out:
             shutil.copyfileobj(src, out, 1 << 20)
     index_path = dest / INDEX_FILE
     index = Index.from_bytes(index_path.read_bytes(), str(index_path))
@@ -242,7 +241,7 @@ def export_oci(blobs: BlobStore, image: Image, names: Sequence[str], dest: Path)
         index = with_tag(index, image.descriptor, name)
     if not names:
         index = with_untagged(index, image.descriptor)
-    with _atomic_file(index_path, dest) as out:
+    with atomic_file(index_path, dest) as out:
         out.write(index.to_bytes())
 
 
@@ -254,28 +253,10 @@ def _ensure_layout(dest: Path) -> None:
         return
     (dest / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     marker = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
-    with _atomic_file(dest / OCI_LAYOUT_FILE, dest) as out:
+    with atomic_file(dest / OCI_LAYOUT_FILE, dest) as out:
         out.write(marker)
-    with _atomic_file(dest / INDEX_FILE, dest) as out:
+    with atomic_file(dest / INDEX_FILE, dest) as out:
         out.write(Index().to_bytes())
-
-
-@contextlib.contextmanager
-def _atomic_file(target: Path, tmp_dir: Path) -> Iterator[BinaryIO]:
-    """Write *target* through a temporary file in *tmp_dir*, renamed into place when done."""
-    fd, name = tempfile.mkstemp(prefix=".layerfs-", dir=tmp_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(name, 0o644)
-        os.rename(name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    fsync_dir(target.parent)
 
 
 def export_docker_archive(
@@ -291,7 +272,7 @@ def export_docker_archive(
     layer_names = [f"{d.split(':', 1)[1]}/layer.tar" for d in image.diff_ids]
     manifest = [{"Config": config_name, "RepoTags": list(names), "Layers": layer_names}]
     with (
-        _atomic_file(dest, dest.parent) as out,
+        atomic_file(dest, dest.parent) as out,
         tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         _add_bytes(tar, config_name, blobs.get(image.manifest.config.digest))

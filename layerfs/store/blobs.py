@@ -62,6 +62,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_file(target: Path, tmp_dir: Path) -> Iterator[BinaryIO]:
+    """Write *target* through a temporary file in *tmp_dir*, fsync'ed and renamed into place.
+
+    A reader sees the old file or the whole new one, never a part; on error nothing is left.
+    """
+    fd, name = tempfile.mkstemp(prefix=".layerfs-", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(name, 0o644)
+        os.rename(name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+    fsync_dir(target.parent)
+
+
 class VerifyingReader(io.RawIOBase):
     """A read-only stream that hashes what passes through and checks it at end of file."""
 

@@ -21,11 +21,10 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from layerfs.errors import StoreError
-from layerfs.store.blobs import BlobStore, fsync_dir
+from layerfs.store.blobs import BlobStore, atomic_file
 from layerfs.store.oci import OCI_LAYOUT_VERSION, Index
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -87,19 +86,8 @@ class ImageLayout:
         return self.layers_dir / diff_id.split(":", 1)[1]
 
     def _write_atomic(self, target: Path, text: str) -> None:
-        fd, name = tempfile.mkstemp(prefix=f"{target.name}-", dir=self.tmp_dir)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(name, 0o644)
-            os.rename(name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-            raise
-        fsync_dir(target.parent)
+        with atomic_file(target, self.tmp_dir) as out:
+            out.write(text.encode())
 
 
 def check_layout_marker(root: Path) -> None:

@@ -22,10 +22,11 @@ from layerfs.registry import pull, push
 from layerfs.registry.platforms import host_platform, parse_platform
 from layerfs.store import Store
 from layerfs.store.oci import OCI_INDEX
+from tests.treedesc import host_tree
 
 from ..store.builders import BASE, TOP, write_oci_layout
 from ..store.builders import Image as LayoutImage
-from .helpers import blob_digests, committed_image, host_tree, image_tree, options
+from .helpers import blob_digests, committed_image, image_tree, options
 from .servers import RegistryServer
 
 pytestmark = [

@@ -13,16 +13,13 @@ are checked through skopeo, which copies them (verbatim, and recompressed to gzi
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,6 +27,7 @@ from layerfs import Stack
 from layerfs.store.store import Store
 from layerfs.tar import Compression
 from tests.fuse.conftest import force_unmount, run_cli
+from tests.treedesc import Tree, host_tree, stack_tree
 
 pytestmark = [
     pytest.mark.interop,
@@ -42,57 +40,9 @@ pytestmark = [
     ),
 ]
 
-Tree = dict[str, tuple[Any, ...]]
-
 
 def sh(*args: str | Path) -> str:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True).stdout
-
-
-def _describe(
-    mode: int, uid: int, gid: int, size: int, content: bytes | str | None
-) -> tuple[Any, ...]:
-    kind = stat.S_IFMT(mode)
-    if stat.S_ISREG(mode):
-        digest: Any = hashlib.sha256(content if isinstance(content, bytes) else b"").hexdigest()
-        return (kind, stat.S_IMODE(mode), uid, gid, size, digest)
-    if stat.S_ISLNK(mode):
-        return (kind, uid, gid, content)
-    return (kind, stat.S_IMODE(mode), uid, gid)
-
-
-def host_tree(root: Path) -> Tree:
-    """Paths, types, modes, owners, sizes, content hashes and link targets under *root*."""
-    tree: Tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            st = os.lstat(path)
-            content: bytes | str | None = None
-            if stat.S_ISREG(st.st_mode):
-                content = path.read_bytes()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
-            rel = "/" + str(path.relative_to(root))
-            tree[rel] = _describe(st.st_mode, st.st_uid, st.st_gid, st.st_size, content)
-    return tree
-
-
-def stack_tree(stack: Stack, path: str = "/") -> Tree:
-    """The same description, read through the layerfs Stack API."""
-    tree: Tree = {}
-    for name in stack.listdir(path):
-        child = f"{path.rstrip('/')}/{name}"
-        st = stack.lstat(child)
-        content: bytes | str | None = None
-        if stat.S_ISREG(st.mode):
-            content = stack.read_bytes(child)
-        elif stat.S_ISLNK(st.mode):
-            content = stack.readlink(child)
-        tree[child] = _describe(st.mode, st.uid, st.gid, st.size, content)
-        if stat.S_ISDIR(st.mode):
-            tree.update(stack_tree(stack, child))
-    return tree
 
 
 def _opaque_layer(path: Path) -> None:

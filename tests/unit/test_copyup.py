@@ -52,17 +52,19 @@ def _tree(root: Path) -> list[str]:
 def test_interrupted_copy_up_leaves_nothing_visible(
     dirs: dict[str, Path], stack: Stack, step: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fired: list[str] = []
+
     def hook(name: str) -> None:
         if name == step:
+            fired.append(name)
             raise Boom(name)
 
     monkeypatch.setattr(copyup, "FAULT_HOOK", hook)
     before = stack.read_bytes("/dir/sub/file")
-    try:
-        with stack.open("/dir/sub/file", os.O_WRONLY | os.O_APPEND) as fh:
-            fh.write(b"!")
-    except Boom:
-        pass
+    with pytest.raises(Boom), stack.open("/dir/sub/file", os.O_WRONLY | os.O_APPEND) as fh:
+        fh.write(b"!")
+    assert fired == [step], "the fault point was never reached"
+    assert stack.read_bytes("/dir/sub/file") == before  # nothing half-done shows
     # whatever finished is complete; nothing half-copied is visible, nothing left in work/
     content = stack.read_bytes("/dir/sub/file")
     assert content in (before, before + b"!")
