@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
+from fuse_mount.loop import serve_requests
 from fuse_mount.operations import Operations
 from layerfs.errors import LayerfsError
 
@@ -54,7 +55,7 @@ def serve(
     _init_session(operations, mountpoint, options)
     log.info("mounted %s on %s", options.stack_option_string, mountpoint)
     try:
-        trio.run(_main_loop, on_ready)
+        trio.run(_main_loop, options, on_ready)
     finally:
         # libfuse checks the session first and skips the unmount when the kernel already
         # ended it (an outside unmount), so this is right after a signal, a crash or either.
@@ -91,12 +92,12 @@ def _read_all(fd: int) -> str:
     return os.read(fd, 1 << 16).decode(errors="replace")
 
 
-async def _main_loop(on_ready: Callable[[], None]) -> None:
+async def _main_loop(options: MountOptions, on_ready: Callable[[], None]) -> None:
     """Run the FUSE loop until the session ends or a stop signal arrives."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
         on_ready()
-        await pyfuse3.main()
+        await serve_requests(busy_poll_us=options.busy_poll_us, threads=options.threads)
         nursery.cancel_scope.cancel()
 
 

@@ -71,11 +71,12 @@ IGNORED_FLAGS = frozenset(
 )
 IGNORED_PREFIXES = ("x-", "X-", "comment=")
 
-# Options of the adapter itself (seconds; worker threads for data I/O).
-ADAPTER_VALUED = frozenset({"timeout", "lower_timeout", "threads"})
+# Options of the adapter itself (seconds; worker threads for data I/O; microseconds).
+ADAPTER_VALUED = frozenset({"timeout", "lower_timeout", "threads", "busy_poll"})
 
 DEFAULT_FSNAME = "layerfs"
 DEFAULT_THREADS = 8
+DEFAULT_BUSY_POLL_US = 200  # see fuse_mount.loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class MountOptions:
     readonly: bool
     timeouts: Timeouts
     threads: int
+    busy_poll_us: int = DEFAULT_BUSY_POLL_US
 
     @property
     def stack_option_string(self) -> str:
@@ -138,6 +140,7 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
         readonly="ro" in fuse,
         timeouts=_timeouts(adapter),
         threads=_positive_int(adapter, "threads", DEFAULT_THREADS),
+        busy_poll_us=_whole_number(adapter, "busy_poll", DEFAULT_BUSY_POLL_US),
     )
 
 
@@ -170,12 +173,19 @@ def _seconds(adapter: dict[str, str], key: str, default: float) -> float:
 
 
 def _positive_int(adapter: dict[str, str], key: str, default: int) -> int:
+    value = _whole_number(adapter, key, default)
+    if value < 1:
+        raise ConfigError(f"mount option {key}= must be at least 1")
+    return value
+
+
+def _whole_number(adapter: dict[str, str], key: str, default: int) -> int:
     if key not in adapter:
         return default
     try:
         value = int(adapter[key])
     except ValueError:
         raise ConfigError(f"mount option {key}= needs a whole number") from None
-    if value < 1:
-        raise ConfigError(f"mount option {key}= must be at least 1")
+    if value < 0:
+        raise ConfigError(f"mount option {key}= cannot be negative")
     return value

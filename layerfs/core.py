@@ -32,7 +32,7 @@ from layerfs.node import (
     MergedIndex,
     Node,
     build_index,
-    is_opaque_at,
+    is_opaque_dir,
 )
 from layerfs.options import StackOptions, StackSpec
 from layerfs.types import Stat
@@ -132,14 +132,14 @@ class StackCore:
 
     # -- host locations ----------------------------------------------------------------------
     def dirfd(self, node: Node, pos: int) -> int:
-        """An ``O_PATH`` descriptor of directory *node* in layer *pos* (cached on the node)."""
+        """A descriptor of directory *node* in layer *pos* (cached on the node)."""
         if node is self.root:
             return self._roots[pos]
         fd = node.dirfds.get(pos)
         if fd is None:
             alias = node.aliases[0]
             assert alias.parent is not None
-            fd = os.open(alias.name, hostfs.O_PATH_DIR, dir_fd=self.dirfd(alias.parent, pos))
+            fd = hostfs.open_dir_at(self.dirfd(alias.parent, pos), alias.name)
             node.dirfds[pos] = fd
         return fd
 
@@ -217,19 +217,24 @@ class StackCore:
 
     def _make_dir(self, parent: Node, name: str, items: Items, st: os.stat_result) -> Node:
         candidates = [p for p, k in items if k == DIR]
-        layers: list[int] = []
+        dirfds: dict[int, int] = {}  # opened once here, kept as the node's layer descriptors
         opaque = False
-        for i, pos in enumerate(candidates):
-            layers.append(pos)
-            is_last = i == len(candidates) - 1
-            if (pos == UPPER or not is_last) and is_opaque_at(
-                self.dirfd(parent, pos), name, OPAQUE_XATTRS
-            ):
-                opaque = pos == UPPER
-                break
+        try:
+            for i, pos in enumerate(candidates):
+                fd = dirfds[pos] = hostfs.open_dir_at(self.dirfd(parent, pos), name)
+                is_last = i == len(candidates) - 1
+                if (pos == UPPER or not is_last) and is_opaque_dir(fd, OPAQUE_XATTRS):
+                    opaque = pos == UPPER
+                    break
+        except BaseException:
+            for fd in dirfds.values():
+                os.close(fd)
+            raise
+        layers = list(dirfds)
         key_pos = next((p for p in layers if p != UPPER), layers[0])
-        key_st = st if key_pos == layers[0] else hostfs.lstat_at(self.dirfd(parent, key_pos), name)
+        key_st = st if key_pos == layers[0] else os.fstat(dirfds[key_pos])
         node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, layers)
+        node.dirfds.update(dirfds)
         node.opaque = opaque
         node.aliases.append(Alias(parent, name, layers[0] == UPPER))
         return node

@@ -21,6 +21,7 @@ from layerfs.errors import oserror
 
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_PATH_ANY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+O_READ_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _SYS_OPENAT2 = 437  # x86_64, aarch64 and most others share this number
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -81,10 +82,55 @@ def open_beneath(dirfd: int, path: str, flags: int = O_PATH_DIR) -> int:
     return _open_walk(dirfd, path, flags | os.O_CLOEXEC)
 
 
+def open_dir_at(dirfd: int, name: str) -> int:
+    """Open directory *name* (never through a symlink) to be listed, read and used as a base.
+
+    A readable descriptor serves ``scandir`` and ``fgetxattr`` directly, where an ``O_PATH`` one
+    needs a second ``open`` or a ``/proc/self/fd`` path walk each time; a directory the caller
+    may search but not read falls back to ``O_PATH``.
+    """
+    try:
+        return os.open(name, O_READ_DIR, dir_fd=dirfd)
+    except PermissionError:
+        return os.open(name, O_PATH_DIR, dir_fd=dirfd)
+
+
+def fd_getxattr(fd: int, attr: str) -> bytes | None:
+    """The value of xattr *attr* of the object open as *fd* (``O_PATH`` too), or None."""
+    try:
+        try:
+            return os.getxattr(fd, attr)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            return os.getxattr(f"/proc/self/fd/{fd}", attr)  # an O_PATH descriptor
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return None
+        raise
+
+
+def fd_listxattr(fd: int) -> list[str]:
+    """The xattr names of the object open as *fd* (``O_PATH`` too); [] where unsupported."""
+    try:
+        try:
+            return os.listxattr(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            return os.listxattr(f"/proc/self/fd/{fd}")  # an O_PATH descriptor
+    except OSError as exc:
+        if exc.errno == errno.ENOTSUP:
+            return []
+        raise
+
+
 def open_root(path: str | os.PathLike[str]) -> int:
-    """Open a layer root directory as an ``O_PATH`` descriptor (the root itself may be a link)."""
-    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return fd
+    """Open a layer root directory like :func:`open_dir_at` (the root itself may be a link)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def lstat_at(dirfd: int, name: str) -> os.stat_result:

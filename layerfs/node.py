@@ -14,6 +14,7 @@ overlayfs), which is what makes caching them sound.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -200,26 +201,36 @@ def scan_layer(dirfd: int) -> tuple[list[tuple[str, int, bool]], set[str], bool]
     """List one layer's directory: ``(name, kind, is_whiteout)``, OCI-whited-out names, opaque.
 
     The kind comes from ``d_type`` where the filesystem gives it; character devices are
-    stat'ed to tell a 0/0 whiteout from a real device.
+    stat'ed to tell a 0/0 whiteout from a real device. A readable *dirfd* is listed in place
+    (``scandir`` rewinds it afterwards); an ``O_PATH`` one through a descriptor opened for it.
     """
+    try:
+        return _scan(dirfd)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        return _scan(fd)
+    finally:
+        os.close(fd)
+
+
+def _scan(fd: int) -> tuple[list[tuple[str, int, bool]], set[str], bool]:
     entries: list[tuple[str, int, bool]] = []
     wh_names: set[str] = set()
     opaque_marker = False
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
-    try:
-        with os.scandir(fd) as it:
-            for entry in it:
-                name = entry.name
-                if name.startswith(WHITEOUT_PREFIX):
-                    if name == OPAQUE_MARKER:
-                        opaque_marker = True
-                    elif len(name) > len(WHITEOUT_PREFIX):
-                        wh_names.add(name[len(WHITEOUT_PREFIX) :])
-                    continue
-                kind, whiteout = _entry_kind(entry)
-                entries.append((name, kind, whiteout))
-    finally:
-        os.close(fd)
+    with os.scandir(fd) as it:
+        for entry in it:
+            name = entry.name
+            if name.startswith(WHITEOUT_PREFIX):
+                if name == OPAQUE_MARKER:
+                    opaque_marker = True
+                elif len(name) > len(WHITEOUT_PREFIX):
+                    wh_names.add(name[len(WHITEOUT_PREFIX) :])
+                continue
+            kind, whiteout = _entry_kind(entry)
+            entries.append((name, kind, whiteout))
     return entries, wh_names, opaque_marker
 
 
@@ -281,17 +292,19 @@ def _extends(items: list[tuple[int, int]], pos: int, kind: int) -> bool:
     return False
 
 
-def is_opaque_at(dirfd: int, name: str, opaque_xattrs: tuple[str, ...]) -> bool:
-    """Whether the directory *name* in one layer is opaque (either xattr, or the OCI marker)."""
-    fd = os.open(name, hostfs.O_PATH_DIR, dir_fd=dirfd)
+def is_opaque_dir(fd: int, opaque_xattrs: tuple[str, ...]) -> bool:
+    """Whether the directory open as *fd* in one layer is opaque (either xattr, or the OCI
+    marker inside it). One ``flistxattr`` answers for the usual directory without xattrs."""
     try:
-        path = f"/proc/self/fd/{fd}"
-        for attr in opaque_xattrs:
-            try:
-                if os.getxattr(path, attr) == b"y":
-                    return True
-            except OSError:
-                continue
-        return hostfs.lstat_or_none(fd, OPAQUE_MARKER) is not None
-    finally:
-        os.close(fd)
+        names = hostfs.fd_listxattr(fd)
+    except OSError:
+        names = list(opaque_xattrs)
+    for attr in opaque_xattrs:
+        if attr not in names:
+            continue
+        try:
+            if hostfs.fd_getxattr(fd, attr) == b"y":
+                return True
+        except OSError:
+            continue
+    return hostfs.lstat_or_none(fd, OPAQUE_MARKER) is not None

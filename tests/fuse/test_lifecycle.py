@@ -238,3 +238,28 @@ def test_fstab_line(mounter: Mounter, mount_helper: Path, tmp_path: Path) -> Non
     line = f"myimage {dirs.mnt} fuse.layerfs {_overlay_options(dirs)},noauto,nofail,noatime 0 0"
     fstab.write_text(line + "\n")
     _check_helper_mount(mounter, dirs, ["mount", "-T", str(fstab), str(dirs.mnt)])
+
+
+@pytest.mark.parametrize("busy_poll", ["200", "0"])
+def test_request_loop_modes(mounter: Mounter, tmp_path: Path, busy_poll: str) -> None:
+    """Both request loops serve a walk and a write correctly; only the busy-poll one reads
+    requests without sleeping (its unmount line in the log says how many)."""
+    files: dict[str, str | bytes | None] = {
+        f"d{i}/f{j}": f"{i}-{j}" for i in range(8) for j in range(40)
+    }
+    dirs = mounter.layers(files)
+    log = tmp_path / f"loop-{busy_poll}.log"
+    mnt = mounter.mount(dirs, "-o", f"busy_poll={busy_poll}", "--log", str(log))
+    seen = {
+        str(path.relative_to(mnt)): path.read_text() for path in mnt.rglob("*") if path.is_file()
+    }
+    (mnt / "d0" / "new").write_text("written")
+    mounter.unmount(mnt)
+    assert seen == files
+    assert (dirs.upper / "d0" / "new").read_text() == "written"  # type: ignore[operator]
+    summary = [line for line in log.read_text().splitlines() if "busy-poll:" in line]
+    if busy_poll == "0":
+        assert summary == []
+    else:
+        caught = int(summary[-1].split("busy-poll: ")[1].split()[0])
+        assert caught > 0, summary

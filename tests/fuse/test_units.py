@@ -73,7 +73,16 @@ class TestOptions:
         opts = parse_mount_options(["lowerdir=/a"], fsname="myimage")
         assert "fsname=myimage" in opts.fuse_options
 
-    @pytest.mark.parametrize("bad", ["timeout=x", "timeout=-1", "threads=0", "fsname="])
+    def test_busy_poll(self) -> None:
+        assert parse_mount_options(["lowerdir=/a"]).busy_poll_us == 200
+        assert parse_mount_options(["lowerdir=/a", "busy_poll=0"]).busy_poll_us == 0
+        opts = parse_mount_options(["lowerdir=/a", "busy_poll=50"])
+        assert opts.busy_poll_us == 50
+        assert not any(o.startswith("busy_poll") for o in (*opts.fuse_options, *opts.stack_options))
+
+    @pytest.mark.parametrize(
+        "bad", ["timeout=x", "timeout=-1", "threads=0", "fsname=", "busy_poll=-1", "busy_poll=1.5"]
+    )
     def test_bad_adapter_option(self, bad: str) -> None:
         with pytest.raises(ConfigError):
             parse_mount_options(["lowerdir=/a", bad])
