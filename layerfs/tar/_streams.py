@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -162,3 +164,53 @@ def _read_full(inner: BinaryIO, size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+class BackgroundWriter:
+    """Hands chunks to a thread that writes them to *inner*: hashing and compressing a layer
+    then overlap with reading files and building tar headers, which hold the GIL.
+
+    ``sha256`` and ``zstandard`` release the GIL while they work, so on two cores the
+    producer hardly waits. At most *depth* chunks are in flight; a failure in the thread is
+    raised from the next :meth:`write` or from :meth:`close`. Chunks must not be changed
+    after they are handed over.
+    """
+
+    def __init__(self, inner: HashingWriter, depth: int = 8) -> None:
+        self._inner = inner
+        self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="layer-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes | bytearray) -> None:
+        self._check()
+        self._queue.put(data)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and raise what it met, if anything."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def abandon(self) -> None:
+        """Stop without caring for the output (the caller is failing already)."""
+        self._error = self._error or LayerFormatError("layer writing was abandoned")
+        self._queue.put(None)  # the thread keeps taking chunks, so there will be room
+        self._thread.join()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._error is not None:
+                continue  # keep taking chunks so the producer never blocks on a full queue
+            try:
+                self._inner.write(data)
+            except BaseException as exc:  # handed to the producer
+                self._error = exc

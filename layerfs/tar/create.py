@@ -29,8 +29,9 @@ import zstandard
 
 from layerfs import hostfs
 from layerfs.errors import LayerFormatError
+from layerfs.tar._header import plain_header
 from layerfs.tar._lowers import LowerView
-from layerfs.tar._streams import CHUNK, HashingWriter, digest_of
+from layerfs.tar._streams import CHUNK, BackgroundWriter, HashingWriter, digest_of
 from layerfs.tar._upper import (
     METACOPY_XATTRS,
     DirScan,
@@ -69,10 +70,12 @@ class LayerDescriptor:
 
 
 class _TarOut:
-    """Buffers tar headers and small data, hashes the tar (diff_id) and feeds the compressor."""
+    """Buffers tar headers and small data; a background thread hashes the tar (diff_id) and
+    feeds the compressor."""
 
     def __init__(self, sink: BinaryIO, progress: Callable[[int], None] | None) -> None:
         self._hashing = HashingWriter(sink)
+        self._out = BackgroundWriter(self._hashing)
         self._buf = bytearray()
         self._progress = progress
         self.offset = 0
@@ -81,11 +84,11 @@ class _TarOut:
     def hash(self) -> HashingWriter:
         return self._hashing
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         self.offset += len(data)
         if len(data) >= CHUNK:
             self.flush()
-            self._hashing.write(data)
+            self._out.write(data)
             self._report(len(data))
             return
         self._buf += data
@@ -94,7 +97,7 @@ class _TarOut:
 
     def flush(self) -> None:
         if self._buf:
-            self._hashing.write(self._buf)
+            self._out.write(self._buf)  # handed over: a new buffer takes its place
             self._report(len(self._buf))
             self._buf = bytearray()
 
@@ -114,6 +117,10 @@ class _TarOut:
         if rest:
             self.write(bytes(RECORD - rest))
         self.flush()
+        self._out.close()
+
+    def abandon(self) -> None:
+        self._out.abandon()
 
 
 def create_layer(
@@ -134,13 +141,17 @@ def create_layer(
     blob = HashingWriter(out)
     with _compressor(blob, options) as compressed:
         tar = _TarOut(compressed, progress)
-        root = hostfs.open_root(upper)
         try:
-            with LowerView(lowers) as lower_view:
-                _Walker(tar, lower_view).walk(root, "")
-        finally:
-            os.close(root)
-        tar.finish()
+            root = hostfs.open_root(upper)
+            try:
+                with LowerView(lowers) as lower_view:
+                    _Walker(tar, lower_view).walk(root, "")
+            finally:
+                os.close(root)
+            tar.finish()
+        except BaseException:
+            tar.abandon()
+            raise
     blob.flush()
     return LayerDescriptor(
         digest=digest_of(blob.hash),
@@ -201,7 +212,10 @@ class _Walker:
             info.pax_headers = {
                 "SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()
             }
-        self._tar.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        header = plain_header(info)
+        if header is None:
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self._tar.write(header)
 
     def walk(self, dir_fd: int, path: str) -> None:
         """Write the contents of directory *dir_fd* (at archive path *path*)."""

@@ -192,3 +192,29 @@ def test_empty_upper_is_an_empty_tar(tmp_path: Path) -> None:
     (tmp_path / "upper").mkdir()
     data = _create(tmp_path / "upper")
     assert data == bytes(tarfile.RECORDSIZE)
+
+
+class _FailingSink(io.RawIOBase):
+    """An output that takes *good* bytes and then fails like a full disk."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.left = good
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if len(data) > self.left:
+            raise OSError(28, "No space left on device")
+        self.left -= len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("kind", list(Compression))
+def test_output_error_is_raised_not_swallowed(tmp_path: Path, kind: Compression) -> None:
+    """The writer thread's failure reaches the caller (and the walk stops, no hang)."""
+    for i in range(40):
+        (tmp_path / f"f{i:02d}").write_bytes(os.urandom(300_000))
+    with pytest.raises(OSError, match="No space left"):
+        create_layer(tmp_path, _FailingSink(1 << 20), options=CreateOptions(compression=kind))  # type: ignore[arg-type]
