@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from layerfs import hostfs
 from layerfs.errors import oserror
-from layerfs.node import DIR, REG, UPPER, Alias, Node
+from layerfs.node import DIR, ONLY_UPPER, REG, UPPER, Alias, Node
 
 if TYPE_CHECKING:
     from layerfs.core import StackCore
@@ -123,7 +123,7 @@ def _copy_up_dir(core: StackCore, node: Node, alias: Alias) -> None:
         hostfs.remove_tree(core.work_fd, tmp)
         raise
     hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
-    node.layers.insert(0, UPPER)
+    node.layers = (UPPER, *node.layers)
     node.version += 1
     alias.in_upper = True
     _set_upper_entry(core, alias, DIR)
@@ -148,11 +148,11 @@ def _copy_up_nondir(core: StackCore, node: Node, alias: Alias, meta_only: bool) 
             os.unlink(tmp, dir_fd=core.work_fd)
         raise
     if meta_only:
-        node.layers = [UPPER, lower_pos]
+        node.layers = (UPPER, lower_pos)
         node.data_dirfd = os.open(".", hostfs.O_PATH_DIR, dir_fd=lower_fd)
         node.data_name = alias.name
     else:
-        node.layers = [UPPER]
+        node.layers = ONLY_UPPER
     node.version += 1
     alias.in_upper = True
     _set_upper_entry(core, alias, node.kind, lower_pos if meta_only else None)
@@ -237,7 +237,7 @@ def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> N
                 raise
     os.close(node.data_dirfd)
     node.data_dirfd = None
-    node.layers = [UPPER]
+    node.layers = ONLY_UPPER
     node.version += 1
     if alias.parent.index is not None and alias.name in alias.parent.index:
         alias.parent.index.put(alias.name, ((UPPER, node.kind),))

@@ -33,6 +33,7 @@ from layerfs.node import (
     Node,
     build_index,
     is_opaque_dir,
+    one_layer,
 )
 from layerfs.options import StackOptions, StackSpec
 from layerfs.types import Stat
@@ -80,7 +81,7 @@ class StackCore:
         except BaseException:
             self._close_roots()
             raise
-        positions = list(range(0 if self.has_upper else 1, len(self._roots)))
+        positions = tuple(range(0 if self.has_upper else 1, len(self._roots)))
         self.root = Node(ROOT_INO, DIR, positions)
         self.root.aliases.append(Alias(None, "", self.has_upper))
 
@@ -205,7 +206,9 @@ class StackCore:
             if linked is not None and linked.aliases:
                 linked.aliases.append(alias)
                 return linked, st
-        node = Node(self._ino_for(key), kind, [pos] if data_pos is None else [UPPER, data_pos])
+        node = Node(
+            self._ino_for(key), kind, one_layer(pos) if data_pos is None else (UPPER, data_pos)
+        )
         node.aliases.append(alias)
         if data_pos is not None:
             node.data_dirfd = os.open(".", hostfs.O_PATH_DIR, dir_fd=self.dirfd(parent, data_pos))
@@ -233,7 +236,7 @@ class StackCore:
         layers = list(dirfds)
         key_pos = next((p for p in layers if p != UPPER), layers[0])
         key_st = st if key_pos == layers[0] else os.fstat(dirfds[key_pos])
-        node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, layers)
+        node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, tuple(layers))
         node.dirfds.update(dirfds)
         node.opaque = opaque
         node.aliases.append(Alias(parent, name, layers[0] == UPPER))

@@ -27,6 +27,9 @@ UPPER = 0
 DIR = stat.S_IFDIR
 REG = stat.S_IFREG
 LNK = stat.S_IFLNK
+_KINDS = {
+    kind: kind for kind in (DIR, REG, LNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+}
 
 
 @dataclass(slots=True)
@@ -97,6 +100,18 @@ class MergedIndex:
         return self._sorted
 
 
+_ONE_LAYER: dict[int, tuple[int]] = {}
+ONLY_UPPER = (UPPER,)
+
+
+def one_layer(pos: int) -> tuple[int]:
+    """The shared ``(pos,)`` tuple: most nodes live in one layer, and need no tuple of their own."""
+    layers = _ONE_LAYER.get(pos)
+    if layers is None:
+        layers = _ONE_LAYER[pos] = (pos,)
+    return layers
+
+
 _NO_CHILDREN: dict[str, Node] = {}  # shared by every non-directory; never written to
 _NO_FDS: dict[int, int] = {}
 
@@ -121,9 +136,9 @@ class Node:
         "version",
     )
 
-    def __init__(self, ino: int, kind: int, layers: list[int]) -> None:
+    def __init__(self, ino: int, kind: int, layers: tuple[int, ...]) -> None:
         self.ino = ino
-        self.kind = kind
+        self.kind = _KINDS.get(kind, kind)  # one int object per kind, not one per node
         self.layers = layers
         self.aliases: list[Alias] = []
         self.opaque = False

@@ -25,7 +25,7 @@ from layerfs import copyup, hostfs
 from layerfs.core import StackCore
 from layerfs.errors import ConfigError, oserror
 from layerfs.handle import FileHandle
-from layerfs.node import DIR, LNK, REG, UPPER, Alias, MergedIndex, Node
+from layerfs.node import DIR, LNK, ONLY_UPPER, REG, UPPER, Alias, MergedIndex, Node
 from layerfs.options import StackOptions, StackSpec, parse_mount_options
 from layerfs.types import DirEntry, FileKind, Stat, StatFs
 from layerfs.whiteout import (
@@ -103,10 +103,25 @@ class Stack(StackCore):
     def lookup_attr(self, parent: Node, name: str) -> tuple[Node, Stat]:
         """:meth:`lookup` and :meth:`getattr` in one call, with one host stat for a new node."""
         with self.lock:
-            node, st = self.lookup_stat_locked(parent, name)
-            if st is None or len(node.aliases) > 1:  # a hard link's name may be stale
-                return node, self._getattr(node)
-            return node, self.to_stat(node, st)
+            return self._lookup_attr_locked(parent, name)
+
+    def lookup_attrs(self, parent: Node, names: Sequence[str]) -> list[tuple[Node, Stat] | None]:
+        """:meth:`lookup_attr` of several names under one lock (a readdirplus batch); None
+        where a name has gone since it was listed."""
+        result: list[tuple[Node, Stat] | None] = []
+        with self.lock:
+            for name in names:
+                try:
+                    result.append(self._lookup_attr_locked(parent, name))
+                except FileNotFoundError:
+                    result.append(None)
+        return result
+
+    def _lookup_attr_locked(self, parent: Node, name: str) -> tuple[Node, Stat]:
+        node, st = self.lookup_stat_locked(parent, name)
+        if st is None or len(node.aliases) > 1:  # a hard link's name may be stale
+            return node, self._getattr(node)
+        return node, self.to_stat(node, st)
 
     def getattr(self, node: Node) -> Stat:
         with self.lock:
@@ -439,7 +454,7 @@ class Stack(StackCore):
 
         opaque = self._put_in_upper(parent, name, kind, make, fixup)
         st = hostfs.lstat_at(self.dirfd(parent, UPPER), name)
-        node = Node(self.new_ino(st), kind, [UPPER])
+        node = Node(self.new_ino(st), kind, ONLY_UPPER)
         node.opaque = opaque
         node.aliases.append(Alias(parent, name, True))
         if kind == DIR:
@@ -834,7 +849,7 @@ class Stack(StackCore):
     def _rehome(self, node: Node, alias: Alias) -> None:
         """After a whole-tree copy: the nodes below live in the upper only, under *alias*."""
         node.close_fds()
-        node.layers = [UPPER]
+        node.layers = ONLY_UPPER
         node.version += 1
         alias.in_upper = True
         if node.is_dir:
