@@ -27,37 +27,41 @@ _MAX_BIG = 8**11  # size and mtime: 11 octal digits and a NUL
 
 def plain_header(info: tarfile.TarInfo) -> bytes | None:
     """The header block of *info* when it needs no PAX record (no xattrs), else None."""
-    name = (
-        info.name + "/"
-        if info.type == tarfile.DIRTYPE and not info.name.endswith("/")
-        else info.name
+    if info.pax_headers or info.uname or info.gname or not isinstance(info.mtime, int):
+        return None
+    return pack_plain(
+        info.name, info.mode, info.uid, info.gid, info.size, info.mtime, info.type, info.linkname
     )
-    link = info.linkname
+
+
+def pack_plain(
+    name: str, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: str = ""
+) -> bytes | None:
+    """The header block of an entry with empty owner names and no xattrs, or None when the
+    fields need a PAX record (or device numbers). *mode* may carry the file type bits."""
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
     if (
-        info.type not in _SIMPLE_TYPES
-        or info.pax_headers
-        or info.uname
-        or info.gname
+        kind not in _SIMPLE_TYPES
         or len(name) > 100
         or len(link) > 100
         or not name.isascii()
         or not link.isascii()
-        or not 0 <= info.uid < _MAX_ID
-        or not 0 <= info.gid < _MAX_ID
-        or not 0 <= info.size < _MAX_BIG
-        or not isinstance(info.mtime, int)
-        or not 0 <= info.mtime < _MAX_BIG
+        or not 0 <= uid < _MAX_ID
+        or not 0 <= gid < _MAX_ID
+        or not 0 <= size < _MAX_BIG
+        or not 0 <= mtime < _MAX_BIG
     ):
         return None
     block = _USTAR.pack(
         name.encode("ascii"),
-        b"%07o\0" % (info.mode & 0o7777),
-        b"%07o\0" % info.uid,
-        b"%07o\0" % info.gid,
-        b"%011o\0" % info.size,
-        b"%011o\0" % info.mtime,
+        b"%07o\0" % (mode & 0o7777),
+        b"%07o\0" % uid,
+        b"%07o\0" % gid,
+        b"%011o\0" % size,
+        b"%011o\0" % mtime,
         b"        ",
-        info.type,
+        kind,
         link.encode("ascii"),
         tarfile.POSIX_MAGIC,
         b"",

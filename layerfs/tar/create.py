@@ -29,7 +29,7 @@ import zstandard
 
 from layerfs import hostfs
 from layerfs.errors import LayerFormatError
-from layerfs.tar._header import plain_header
+from layerfs.tar._header import pack_plain, plain_header
 from layerfs.tar._lowers import LowerView
 from layerfs.tar._streams import CHUNK, BackgroundWriter, HashingWriter, digest_of
 from layerfs.tar._upper import (
@@ -192,6 +192,13 @@ def _info(path: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
+def _plain_file_header(path: str, st: os.stat_result) -> bytes | None:
+    """What ``_info`` + ``_emit`` write for a regular file without xattrs, when that is a plain
+    ustar header; None otherwise."""
+    mtime = st.st_mtime_ns // 1_000_000_000
+    return pack_plain(path, st.st_mode, st.st_uid, st.st_gid, st.st_size, mtime, tarfile.REGTYPE)
+
+
 def _marker(path: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(path)
     info.mode = 0
@@ -280,13 +287,18 @@ class _Walker:
         fd = os.open(name, _O_READ, dir_fd=dir_fd)
         try:
             names = xattr_names(fd)
-            info = _info(path, st, tarfile.REGTYPE)
             if any(x in METACOPY_XATTRS for x in names):
-                self._metacopy(info, path, public_xattrs(fd, names))
+                self._metacopy(_info(path, st, tarfile.REGTYPE), path, public_xattrs(fd, names))
                 return
-            info.size = st.st_size
-            self._emit(info, public_xattrs(fd, names))
-            _copy_data(self._tar, fd, info.size, path)
+            xattrs = public_xattrs(fd, names)
+            header = None if xattrs else _plain_file_header(path, st)
+            if header is None:
+                info = _info(path, st, tarfile.REGTYPE)
+                info.size = st.st_size
+                self._emit(info, xattrs)
+            else:
+                self._tar.write(header)  # the common case: no TarInfo at all
+            _copy_data(self._tar, fd, st.st_size, path)
         finally:
             os.close(fd)
 

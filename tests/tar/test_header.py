@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 import tarfile
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from layerfs.tar import Compression, CreateOptions, create_layer
 from layerfs.tar._header import plain_header
 
 TYPES = [
@@ -78,3 +82,26 @@ def test_common_entries_take_the_fast_path() -> None:
     header = plain_header(directory)
     assert header is not None
     assert tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name == "usr"
+
+
+def test_layer_headers_are_what_tarfile_writes(tmp_path: Path) -> None:
+    """Every plain header create_layer writes is byte for byte tarfile's for that member."""
+    tree = tmp_path / "tree"
+    (tree / "dir" / "sub").mkdir(parents=True)
+    (tree / "dir" / "file").write_bytes(b"x" * 1000)
+    (tree / "dir" / "sub" / ("long" * 30)).write_bytes(b"")  # > 100 chars: PAX
+    (tree / "dir" / "caf\u00e9").write_bytes(b"y")  # not ASCII: PAX
+    os.symlink("file", tree / "dir" / "link")
+    os.chmod(tree / "dir" / "file", 0o4751)
+    out = io.BytesIO()
+    create_layer(tree, out, options=CreateOptions(compression=Compression.NONE))
+    raw = out.getvalue()
+    plain = 0
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        for member in tar:
+            if member.pax_headers:
+                continue
+            header = raw[member.offset : member.offset + tarfile.BLOCKSIZE]
+            assert header == member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            plain += 1
+    assert plain >= 4  # dir, dir/file, dir/link, dir/sub
