@@ -89,6 +89,11 @@ class MergedIndex:
             self._sorted = None
         self._entries[name] = _encode(items)
 
+    def adopt(self, entries: dict[str, int | Items]) -> None:
+        """Take a whole encoded table at once (:func:`build_index`)."""
+        self._entries = entries
+        self._sorted = None
+
     def drop(self, name: str) -> None:
         if self._entries.pop(name, None) is not None:
             self._sorted = None
@@ -250,12 +255,12 @@ def _scan(fd: int) -> tuple[list[tuple[str, int, bool]], set[str], bool]:
 
 
 def _entry_kind(entry: os.DirEntry[str]) -> tuple[int, bool]:
+    if entry.is_file(follow_symlinks=False):  # the common case first: one call
+        return REG, False
     if entry.is_dir(follow_symlinks=False):
         return DIR, False
     if entry.is_symlink():
         return LNK, False
-    if entry.is_file(follow_symlinks=False):
-        return REG, False
     st = entry.stat(follow_symlinks=False)
     return stat.S_IFMT(st.st_mode), is_whiteout_stat(st)
 
@@ -267,7 +272,9 @@ def build_index(layer_fds: list[tuple[int, int]]) -> MergedIndex:
     never holds both); a non-directory hides everything below it; directories merge.
     """
     index = MergedIndex()
-    found: dict[str, list[tuple[int, int]]] = {}
+    # Values as the index keeps them: one encoded int while a name is in one layer (nearly
+    # always), a list once a lower layer adds to it.
+    found: dict[str, int | list[tuple[int, int]]] = {}
     closed: set[str] = set()
     hidden: set[str] = set()
     for pos, dirfd in layer_fds:
@@ -279,10 +286,13 @@ def build_index(layer_fds: list[tuple[int, int]]) -> MergedIndex:
                 continue
             if name in hidden or name in closed:
                 continue
-            items = found.get(name)
-            if items is None:
-                found[name] = [(pos, kind)]
-            elif not _extends(items, pos, kind):
+            value = found.get(name)
+            if value is None:
+                found[name] = pos * _KIND_SPAN + kind
+                continue
+            items = list(_decode(value)) if isinstance(value, int) else value
+            found[name] = items
+            if not _extends(items, pos, kind):
                 closed.add(name)
         if pos == UPPER:
             index.upper_whiteouts = layer_hidden
@@ -291,8 +301,7 @@ def build_index(layer_fds: list[tuple[int, int]]) -> MergedIndex:
                 closed.add(name)
             else:
                 hidden.add(name)
-    for name, items in found.items():
-        index.put(name, tuple(items))
+    index.adopt({name: v if isinstance(v, int) else _encode(tuple(v)) for name, v in found.items()})
     return index
 
 
