@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -71,12 +72,19 @@ def _meminfo(field: str) -> int | None:
 
 
 def _first_line(argv: list[str]) -> str | None:
+    """The line of ``TOOL --version`` that gives the tool's own version (fuse-overlayfs also
+    prints libfuse's and fusermount3's; GNU tar's licence lines say "version" too)."""
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "version" in line.lower()]
-    return lines[0].strip() if lines else None
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if _VERSION.search(ln)]
+    own = [ln for ln in lines if ln.lower().startswith(Path(argv[0]).name.lower())]
+    found = own or lines
+    return found[0] if found else None
+
+
+_VERSION = re.compile(r"\d+\.\d+")
 
 
 def _overlay_params() -> dict[str, str]:
