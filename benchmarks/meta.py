@@ -37,8 +37,20 @@ def collect(args: dict[str, Any]) -> dict[str, Any]:
         "memory_total_kib": _meminfo("MemTotal"),
         "tools": {name: _first_line(argv) for name, argv in TOOLS.items()},
         "overlay_module": _overlay_params(),
-        "args": args,
+        "args": {key: portable(value) for key, value in args.items()},
     }
+
+
+def portable(value: Any) -> Any:
+    """An argument as it can be published: a path inside the checkout relative to it, any
+    other absolute path by its last component (where a run kept its files is nobody's
+    business but the machine's)."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(value)
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    return f".../{path.name}"
 
 
 def _git(*argv: str) -> str:

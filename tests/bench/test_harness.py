@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import layout, report, stacks
+from benchmarks import layout, meta, report, stacks
 from benchmarks.config import QUICK, RunConfig
 from benchmarks.mounts import Mounted, MountError, MountSpec, System, mounts_under, overlay_options
 from benchmarks.results import Recorder, Row, Sample, Stat, ratios, summarize
@@ -286,3 +286,11 @@ def test_watchdog_leaves_a_quick_pass_alone() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_metadata_keeps_machine_paths_out() -> None:
+    portable, repo = meta.portable, meta.REPO
+    assert portable(str(repo / "benchmarks" / "results")) == "benchmarks/results"
+    assert portable("/var/tmp/bench-work") == ".../bench-work"
+    assert portable("relative/dir") == "relative/dir"
+    assert portable(3) == 3
