@@ -27,6 +27,7 @@ meanwhile.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import select
@@ -41,13 +42,15 @@ CHECKPOINT_EVERY = 64
 """Requests served back to back before the loop lets other trio tasks run."""
 
 _PYFUSE3_WAIT = "_wait_fuse_readable"
+# The hook is a private name: trust it only in the major version whose loop was read (3.x).
+_KNOWN_PYFUSE3 = importlib.metadata.version("pyfuse3").split(".")[0] == "3"
 
 Wait = Callable[[], Awaitable[bool]]
 
 
 async def serve_requests(*, busy_poll_us: int, threads: int) -> None:
     """Run pyfuse3's request loop until the session ends (in place of ``pyfuse3.main()``)."""
-    original: Wait | None = getattr(pyfuse3, _PYFUSE3_WAIT, None)
+    original: Wait | None = getattr(pyfuse3, _PYFUSE3_WAIT, None) if _KNOWN_PYFUSE3 else None
     fd = _fuse_device_fd() if busy_poll_us > 0 and original is not None else None
     if original is None or fd is None:
         # one task per worker thread that may hold a request, one to read the next
