@@ -95,14 +95,18 @@ def _read_all(fd: int) -> str:
 async def _main_loop(options: MountOptions, on_ready: Callable[[], None]) -> None:
     """Run the FUSE loop until the session ends or a stop signal arrives."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal)
+        # Catch the stop signals before the first request: the busy-polling loop may serve
+        # many requests before trio runs another task, and until the receiver exists SIGTERM
+        # would kill the daemon and SIGINT raise KeyboardInterrupt, without an unmount.
+        await nursery.start(_stop_on_signal)
         on_ready()
         await serve_requests(busy_poll_us=options.busy_poll_us, threads=options.threads)
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("got %s, unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,40 @@ def test_sigterm_unmounts_cleanly(mounter: Mounter) -> None:
     wait_until(lambda: mountinfo.find(mnt) is None, "the unmount after SIGTERM")
     wait_until(lambda: daemon.process_start_time(pid) == "", "the daemon to exit")
     assert dirs.upper is not None and (dirs.upper / "new").read_text() == "kept"
+
+
+def test_sigterm_under_a_stream_of_requests(mounter: Mounter) -> None:
+    """A signal that arrives while the busy-polling loop serves request after request still
+    unmounts cleanly (the loop yields to trio's signal task often enough)."""
+    dirs = mounter.layers({f"d/f{i}": str(i) for i in range(50)})
+    mnt = mounter.mount(dirs)
+    pid = daemon_pid(mnt)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def stat_forever() -> None:
+        while not stop.is_set():
+            try:
+                for i in range(50):
+                    os.lstat(mnt / "d" / f"f{i}")
+                    (mnt / "d" / f"f{i}").read_bytes()
+            except OSError:
+                return  # the mount went away under us: expected once SIGTERM lands
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    worker = threading.Thread(target=stat_forever)
+    worker.start()
+    try:
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: mountinfo.find(mnt) is None, "the unmount after SIGTERM")
+        wait_until(lambda: daemon.process_start_time(pid) == "", "the daemon to exit")
+    finally:
+        stop.set()
+        worker.join(timeout=WAIT)
+    assert not errors
 
 
 def test_killed_daemon_is_cleaned_by_umount(mounter: Mounter) -> None:
