@@ -220,27 +220,33 @@ class StackCore:
 
     def _make_dir(self, parent: Node, name: str, items: Items, st: os.stat_result) -> Node:
         candidates = [p for p, k in items if k == DIR]
-        dirfds: dict[int, int] = {}  # opened once here, kept as the node's layer descriptors
+        layers: list[int] = []
         opaque = False
-        try:
-            for i, pos in enumerate(candidates):
-                fd = dirfds[pos] = hostfs.open_dir_at(self.dirfd(parent, pos), name)
-                is_last = i == len(candidates) - 1
-                if (pos == UPPER or not is_last) and is_opaque_dir(fd, OPAQUE_XATTRS):
-                    opaque = pos == UPPER
-                    break
-        except BaseException:
-            for fd in dirfds.values():
-                os.close(fd)
-            raise
-        layers = list(dirfds)
+        for i, pos in enumerate(candidates):
+            layers.append(pos)
+            is_last = i == len(candidates) - 1
+            if (pos == UPPER or not is_last) and self._opaque_in(parent, pos, name):
+                opaque = pos == UPPER
+                break
         key_pos = next((p for p in layers if p != UPPER), layers[0])
-        key_st = st if key_pos == layers[0] else os.fstat(dirfds[key_pos])
+        key_st = st if key_pos == layers[0] else hostfs.lstat_at(self.dirfd(parent, key_pos), name)
         node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, tuple(layers))
-        node.dirfds.update(dirfds)
         node.opaque = opaque
         node.aliases.append(Alias(parent, name, layers[0] == UPPER))
         return node
+
+    def _opaque_in(self, parent: Node, pos: int, name: str) -> bool:
+        """Whether directory *name* of *parent* is opaque in layer *pos*.
+
+        The descriptor opened to ask is not kept: a directory seen in a listing may never be
+        entered, and a deep stack would otherwise hold one descriptor per layer for every
+        directory it has shown (:meth:`dirfd` opens them when the directory is entered).
+        """
+        fd = hostfs.open_dir_at(self.dirfd(parent, pos), name)
+        try:
+            return is_opaque_dir(fd, OPAQUE_XATTRS)
+        finally:
+            os.close(fd)
 
     def resolve_quiet(self, path: str) -> Node:
         """The node at *path* (no symlink followed); for internal walks under the lock."""
