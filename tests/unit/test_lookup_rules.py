@@ -184,3 +184,23 @@ def test_read_only_stack_refuses_every_change(tmp_path: Path, call: str) -> None
         assert s.readonly
         assert _errno(lambda: RO_STACK_CALLS[call](s)) == errno.EROFS
         assert s.read_bytes("/d/f") == b"x"
+
+
+def test_directories_seen_in_a_listing_hold_no_layer_descriptors(tmp_path: Path) -> None:
+    """Looking at merged directories (a readdirplus of their parent) must not keep one host
+    descriptor per layer for each of them: only entering a directory opens its layers."""
+    lowers = []
+    for i in range(4):
+        layer = tmp_path / f"l{i}"
+        for d in range(60):
+            (layer / f"d{d}").mkdir(parents=True)
+        lowers.append(str(layer))
+    with Stack(lowers) as stack:
+        names = stack.listdir_node(stack.root)
+        before = len(os.listdir("/proc/self/fd"))
+        found = stack.lookup_attrs(stack.root, names)
+        assert all(item is not None and item[0].is_dir for item in found)
+        assert len(os.listdir("/proc/self/fd")) - before < 10
+        child = stack.lookup(stack.root, "d0")
+        stack.listdir_node(child)  # entering one opens its four layers
+        assert len(child.dirfds) == 4
