@@ -26,6 +26,7 @@ from benchmarks.config import RunConfig
 from benchmarks.results import Recorder, Sample
 from benchmarks.schedule import rotate
 from benchmarks.stacks import BuiltStack
+from benchmarks.workloads import tar_into
 from layerfs.errors import LayerfsError
 
 IMAGE_TAG = "bench"
@@ -188,20 +189,9 @@ def _layerfs_create(module: ModuleType, tree: Path, dest: Path) -> None:
 
 def _tar_zstd(tree: Path, dest: Path) -> None:
     with open(dest, "wb") as out:
-        tar = subprocess.Popen(["tar", "-cf", "-", "-C", str(tree), "."], stdout=subprocess.PIPE)
-        try:
-            assert tar.stdout is not None
-            zstd = subprocess.run(
-                ["zstd", "-T0", "-q", "-c"], stdin=tar.stdout, stdout=out, check=False
-            )
-            tar.stdout.close()
-            status = tar.wait(timeout=TOOL_TIMEOUT)
-        finally:
-            if tar.poll() is None:
-                tar.kill()
-                tar.wait()
-    if status != 0 or zstd.returncode != 0:
-        raise LibraryError(f"tar exited with {status}, zstd with {zstd.returncode}")
+        status, zstd = tar_into(tree, ["zstd", "-T0", "-q", "-c"], out)
+    if status != 0 or zstd != 0:
+        raise LibraryError(f"tar exited with {status}, zstd with {zstd}")
 
 
 def _check(argv: list[str]) -> None:

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from benchmarks.config import RAND_BLOCK, SEQ_CHUNK, SMALL_FILE, Sizes
 from benchmarks.layout import MUT_CREATE_DIR
@@ -90,19 +91,28 @@ def tar_all(root: Path, stack: BuiltStack, sizes: Sizes) -> int:
 
     tar is killed if we are interrupted, so that it cannot keep the mount busy.
     """
-    tar = subprocess.Popen(["tar", "-cf", "-", "."], cwd=root, stdout=subprocess.PIPE)
+    status, cat = tar_into(root, ["cat"], subprocess.DEVNULL)
+    if status != 0 or cat != 0:
+        raise WorkloadError(f"tar exited with {status}, cat with {cat}")
+    return 1
+
+
+def tar_into(tree: Path, consumer: list[str], out: int | IO[bytes]) -> tuple[int, int]:
+    """Run ``tar -cf - . | CONSUMER > out`` in *tree*; return both exit statuses.
+
+    tar is killed if we are interrupted, so that it cannot keep a mount busy.
+    """
+    tar = subprocess.Popen(["tar", "-cf", "-", "."], cwd=tree, stdout=subprocess.PIPE)
     try:
         assert tar.stdout is not None
-        cat = subprocess.run(["cat"], stdin=tar.stdout, stdout=subprocess.DEVNULL, check=False)
+        second = subprocess.run(consumer, stdin=tar.stdout, stdout=out, check=False)
         tar.stdout.close()
         status = tar.wait(timeout=TAR_TIMEOUT)
     finally:
         if tar.poll() is None:
             tar.kill()
             tar.wait()
-    if status != 0 or cat.returncode != 0:
-        raise WorkloadError(f"tar exited with {status}, cat with {cat.returncode}")
-    return 1
+    return status, second.returncode
 
 
 def bigdir(root: Path, stack: BuiltStack, sizes: Sizes) -> int:

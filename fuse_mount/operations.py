@@ -361,17 +361,18 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.dirs.get(fh)
         directory = self.inodes.node(listing.ino)
-        names = listing.names
-        for start in range(start_id, len(names), READDIR_BATCH):
-            batch = names[start : start + READDIR_BATCH]
-            for index, found in enumerate(self.stack.lookup_attrs(directory, batch), start):
-                if found is None:
-                    continue  # removed since opendir: may be left out, never repeated
-                node, st = found
-                attr = entry_attributes(st, self._timeout(node))
-                if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attr, index + 1):
-                    return
-                self.inodes.remember(node)
+        # One name at a time: the reply buffer (one page) fills after about 25 entries, and a
+        # name looked up beyond that would cost a host stat for nothing.
+        for index in range(start_id, len(listing.names)):
+            name = listing.names[index]
+            try:
+                node, st = self.stack.lookup_attr(directory, name)
+            except FileNotFoundError:
+                continue  # removed since opendir: may be left out, never repeated
+            attr = entry_attributes(st, self._timeout(node))
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
+                return
+            self.inodes.remember(node)
 
     @_boundary
     async def releasedir(self, fh: int) -> None:
@@ -419,11 +420,6 @@ class Operations(pyfuse3.Operations):
         # from the mode bits anyway so the handler is never wrong.
         st = self.stack.getattr(self.inodes.node(inode))
         return _may_access(st, mode, ctx.uid, {ctx.gid} | pyfuse3.get_sup_groups(ctx.pid))
-
-
-READDIR_BATCH = 32
-"""Names looked up under one stack lock per readdir step: a little more than fit in the one
-page the kernel reads directory entries into, so few lookups are wasted on a full buffer."""
 
 
 def _created(stack: Stack, fn: Callable[..., Node], *args: Any, **kwargs: Any) -> tuple[Node, Stat]:

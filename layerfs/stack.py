@@ -103,25 +103,10 @@ class Stack(StackCore):
     def lookup_attr(self, parent: Node, name: str) -> tuple[Node, Stat]:
         """:meth:`lookup` and :meth:`getattr` in one call, with one host stat for a new node."""
         with self.lock:
-            return self._lookup_attr_locked(parent, name)
-
-    def lookup_attrs(self, parent: Node, names: Sequence[str]) -> list[tuple[Node, Stat] | None]:
-        """:meth:`lookup_attr` of several names under one lock (a readdirplus batch); None
-        where a name has gone since it was listed."""
-        result: list[tuple[Node, Stat] | None] = []
-        with self.lock:
-            for name in names:
-                try:
-                    result.append(self._lookup_attr_locked(parent, name))
-                except FileNotFoundError:
-                    result.append(None)
-        return result
-
-    def _lookup_attr_locked(self, parent: Node, name: str) -> tuple[Node, Stat]:
-        node, st = self.lookup_stat_locked(parent, name)
-        if st is None or len(node.aliases) > 1:  # a hard link's name may be stale
-            return node, self._getattr(node)
-        return node, self.to_stat(node, st)
+            node, st = self.lookup_stat_locked(parent, name)
+            if st is None or len(node.aliases) > 1:  # a hard link's name may be stale
+                return node, self._getattr(node)
+            return node, self.to_stat(node, st)
 
     def getattr(self, node: Node) -> Stat:
         with self.lock:
@@ -135,12 +120,7 @@ class Stack(StackCore):
     def readdir(self, node: Node) -> list[DirEntry]:
         """A snapshot of the merged listing, sorted by name, without ``.`` and ``..``."""
         with self.lock:
-            if not node.is_dir:
-                raise oserror(errno.ENOTDIR)
-            if not node.aliases:
-                return []
-            names = list(self.index(node).names())
-            return [self._dir_entry(node, name) for name in names]
+            return [self._dir_entry(node, name) for name in self.listdir_node(node)]
 
     def listdir_node(self, node: Node) -> list[str]:
         """A snapshot of the merged listing's names, sorted; cheaper than :meth:`readdir`."""

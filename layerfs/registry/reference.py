@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layerfs.errors import BadReferenceError
-from layerfs.store.refs import DEFAULT_TAG, DIGEST_RE, NAME_RE, TAG_RE
+from layerfs.store.refs import DEFAULT_TAG, DIGEST_RE, NAME_RE, TAG_RE, reference_text
 from layerfs.types import Digest
 
 DOCKER_HUB = "docker.io"
@@ -36,12 +36,7 @@ class RemoteReference:
     digest: Digest | None = None
 
     def __str__(self) -> str:
-        text = f"{self.registry}/{self.repository}"
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
+        return reference_text(f"{self.registry}/{self.repository}", self.tag, self.digest)
 
     @property
     def endpoint(self) -> str:

@@ -52,12 +52,7 @@ class Reference:
             raise BadReferenceError(f"reference {self.name!r} needs a tag or a digest")
 
     def __str__(self) -> str:
-        text = self.name
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
+        return reference_text(self.name, self.tag, self.digest)
 
     @property
     def tagged(self) -> str:
@@ -65,6 +60,16 @@ class Reference:
         if self.tag is None:
             raise BadReferenceError(f"reference {self} has no tag")
         return f"{self.name}:{self.tag}"
+
+
+def reference_text(name: str, tag: str | None, digest: str | None) -> str:
+    """``name[:tag][@digest]``: how local and remote references are written."""
+    text = name
+    if tag is not None:
+        text += f":{tag}"
+    if digest is not None:
+        text += f"@{digest}"
+    return text
 
 
 def parse_reference(text: str) -> Reference:

@@ -29,21 +29,13 @@ def _need_registry() -> None:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A plain (no auth) docker-registry on 127.0.0.1, shared by a module's tests."""
     _need_registry()
-    server = RegistryServer(tmp_path_factory.mktemp("registry"))
-    try:
-        server.start()
+    with RegistryServer(tmp_path_factory.mktemp("registry")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_registry(tmp_path: Path) -> Iterator[RegistryServer]:
     """A docker-registry for one test (which may kill and restart it)."""
     _need_registry()
-    server = RegistryServer(tmp_path / "own-registry")
-    try:
-        server.start()
+    with RegistryServer(tmp_path / "own-registry") as server:
         yield server
-    finally:
-        server.stop()

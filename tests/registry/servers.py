@@ -100,6 +100,13 @@ class RegistryServer:
         self.stop()
         raise RuntimeError("docker-registry did not become ready")
 
+    def __enter__(self) -> RegistryServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def kill(self) -> None:
         """SIGKILL the process (a registry that goes away) and reap it."""
         if self.proc is not None and self.proc.poll() is None:

@@ -36,12 +36,9 @@ USER, PASSWORD = "tester", "s3cret-pass"
 @pytest.fixture(scope="module")
 def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     work = tmp_path_factory.mktemp("basic-registry")
-    server = RegistryServer(work, htpasswd=htpasswd_file(work / "htpasswd", USER, PASSWORD))
-    try:
-        server.start()
+    htpasswd = htpasswd_file(work / "htpasswd", USER, PASSWORD)
+    with RegistryServer(work, htpasswd=htpasswd) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def cli_login(host: str, user: str, password: str) -> tuple[int, str]:

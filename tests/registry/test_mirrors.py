@@ -19,12 +19,8 @@ pytestmark = [pytest.mark.network, pytest.mark.root, pytest.mark.timeout(120)]
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path / "mirror")
-    try:
-        server.start()
+    with RegistryServer(tmp_path / "mirror") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def configure(config_dir: Path, registry: str, mirrors: list[str]) -> None:
@@ -76,13 +72,9 @@ def test_pull_through_cache_mirror(
 ) -> None:
     image = committed_image(tmp_path / "origin", tmp_path)
     push(Store.open(tmp_path / "origin"), "app:1", f"{registry.host}/cached/app:1", options())
-    cache = RegistryServer(tmp_path / "cache", proxy_remote=registry.url)
-    try:
-        cache.start()
+    with RegistryServer(tmp_path / "cache", proxy_remote=registry.url) as cache:
         configure(isolated_config, registry.host, [f"http://{cache.host}"])
         result = pull(Store.open(tmp_path / "a"), f"{registry.host}/cached/app:1", options())
         assert result.endpoint == f"http://{cache.host}"
         assert result.image.digest == image.digest
         assert manifest_requests(cache.log(), "cached/app") >= 1
-    finally:
-        cache.stop()

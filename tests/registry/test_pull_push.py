@@ -93,16 +93,12 @@ def test_chunked_upload(registry: RegistryServer, tmp_path: Path) -> None:
 
 
 def test_chunked_upload_with_relative_locations(tmp_path: Path) -> None:
-    server = RegistryServer(tmp_path / "relative", relative_urls=True)
-    try:
-        server.start()
+    with RegistryServer(tmp_path / "relative", relative_urls=True) as server:
         image = committed_image(tmp_path / "store", tmp_path, big=100_000)
         store = Store.open(tmp_path / "store")
         ref = f"{server.host}/rel/app:1"
         assert push(store, "app:1", ref, options(chunk_size=16 << 10)).digest == image.digest
         assert pull(Store.open(tmp_path / "fresh"), ref, options()).image.digest == image.digest
-    finally:
-        server.stop()
 
 
 def test_pull_by_digest_is_stored_untagged(registry: RegistryServer, tmp_path: Path) -> None:

@@ -56,6 +56,23 @@ def _fifo_in_place_of(path: Path) -> Iterator[bytes]:
         path.write_bytes(data)
 
 
+def _kill_mid_read(code: str, fifo: Path, data: bytes, until: Callable[[], bool]) -> None:
+    """Start a victim running *code* that reads *fifo*, feed it *data*, and SIGKILL it once
+    *until* holds (the victim is killed in any case)."""
+    proc = _victim(code)
+    try:
+        fd = os.open(fifo, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+            _wait_for(until, proc)
+            _kill(proc)  # before the write end closes: EOF would let the victim clean up
+        finally:
+            os.close(fd)
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -74,22 +91,15 @@ def test_import_killed_mid_blob(tmp_path: Path) -> None:
     big_digest = manifest["layers"][1]["digest"]
     root = tmp_path / "store"
     Store.open(root)
-    with _fifo_in_place_of(tmp_path / "src/blobs/sha256" / big_digest[7:]) as data:
-        proc = _victim(
+    fifo = tmp_path / "src/blobs/sha256" / big_digest[7:]
+    with _fifo_in_place_of(fifo) as data:
+        _kill_mid_read(
             "from layerfs.store.store import Store\n"
-            f"Store.open({str(root)!r}).import_path({str(tmp_path / 'src')!r})\n"
+            f"Store.open({str(root)!r}).import_path({str(tmp_path / 'src')!r})\n",
+            fifo,
+            data[: len(data) // 2],
+            lambda: any((root / "tmp").glob("blob-*")),
         )
-        try:
-            fd = os.open(tmp_path / "src/blobs/sha256" / big_digest[7:], os.O_WRONLY)
-            try:
-                os.write(fd, data[: len(data) // 2])
-                _wait_for(lambda: any((root / "tmp").glob("blob-*")), proc)
-                _kill(proc)
-            finally:
-                os.close(fd)
-        finally:
-            if proc.poll() is None:
-                _kill(proc)
     assert any((root / "tmp").iterdir()), "the kill left its staging file behind"
     store = Store.open(root)
     assert list(store.layout.tmp_dir.iterdir()) == [], "open sweeps tmp"
@@ -112,23 +122,16 @@ def test_unpack_killed_mid_layer(tmp_path: Path) -> None:
     def partial_files() -> bool:
         return any(p.is_file() for p in (root / "tmp").glob("layer-*/.layer.partial-*/data/*"))
 
-    with _fifo_in_place_of(store.blobs.path(image.layers[0].digest)) as data:
-        proc = _victim(
+    fifo = store.blobs.path(image.layers[0].digest)
+    with _fifo_in_place_of(fifo) as data:
+        _kill_mid_read(
             "from layerfs.store.store import Store\n"
             f"s = Store.open({str(root)!r})\n"
-            "s.layer_dirs(s.resolve('big:1'))\n"
+            "s.layer_dirs(s.resolve('big:1'))\n",
+            fifo,
+            data[: len(data) * 3 // 4],
+            partial_files,
         )
-        try:
-            fd = os.open(store.blobs.path(image.layers[0].digest), os.O_WRONLY)
-            try:
-                os.write(fd, data[: len(data) * 3 // 4])
-                _wait_for(partial_files, proc)
-                _kill(proc)
-            finally:
-                os.close(fd)
-        finally:
-            if proc.poll() is None:
-                _kill(proc)
     assert not target.exists(), "a half-unpacked layer never appears under layers/"
     store = Store.open(root)
     assert list(store.layout.tmp_dir.iterdir()) == []

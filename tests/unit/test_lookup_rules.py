@@ -198,8 +198,7 @@ def test_directories_seen_in_a_listing_hold_no_layer_descriptors(tmp_path: Path)
     with Stack(lowers) as stack:
         names = stack.listdir_node(stack.root)
         before = len(os.listdir("/proc/self/fd"))
-        found = stack.lookup_attrs(stack.root, names)
-        assert all(item is not None and item[0].is_dir for item in found)
+        assert all(stack.lookup_attr(stack.root, name)[0].is_dir for name in names)
         assert len(os.listdir("/proc/self/fd")) - before < 10
         child = stack.lookup(stack.root, "d0")
         stack.listdir_node(child)  # entering one opens its four layers
