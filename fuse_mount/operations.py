@@ -361,8 +361,8 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.dirs.get(fh)
         directory = self.inodes.node(listing.ino)
-        # One name at a time: the reply buffer (one page) fills after about 25 entries, and a
-        # name looked up beyond that would cost a host stat for nothing.
+        # One name at a time: when the reply buffer fills (in large directories) a name looked
+        # up beyond it would cost a host stat for nothing.
         for index in range(start_id, len(listing.names)):
             name = listing.names[index]
             try:
