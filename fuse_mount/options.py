@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from fuse_mount.attrs import Timeouts
 from layerfs.errors import ConfigError
-from layerfs.options import split_escaped
 
 # Passed to libfuse as they are: FUSE options and the generic flags libfuse turns into
 # mount(2) flags. libfuse itself adds nosuid,nodev unless suid / dev are given.
@@ -94,20 +93,6 @@ class MountOptions:
     def stack_option_string(self) -> str:
         """The overlay-style option string for :meth:`layerfs.Stack.from_mount_options`."""
         return ",".join(self.stack_options)
-
-
-def split_option_list(text: str) -> list[str]:
-    """Split ``a,b=c\\,d`` at unescaped commas; escapes are kept for the consumer to read.
-
-    Backslash-escaped commas belong to a value (overlayfs accepts ``\\,`` and ``\\:`` in
-    layer paths), so they must survive until the stack parses its own options.
-    """
-    return split_escaped(text, ",", keep_escapes=True)
-
-
-def escape_option_value(value: str) -> str:
-    """Escape a host path for an overlay-style option value (``\\``, ``,`` and ``:``)."""
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
 def parse_mount_options(items: list[str], *, fsname: str | None = None) -> MountOptions:

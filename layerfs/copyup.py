@@ -216,16 +216,10 @@ def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> N
     if size:
         dst = os.open(alias.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper_fd)
         try:
-            src = os.open(
-                node.data_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=node.data_dirfd
-            )
-            try:
-                hostfs.copy_data(src, dst, size)
-            finally:
-                os.close(src)
-            _fault("metacopy-data-copied")
-            if not core.options.volatile:
-                os.fsync(dst)
+            _copy_metacopy_data(core, node, dst, size)
+        except BaseException:
+            _punch_back(dst, st)
+            raise
         finally:
             os.close(dst)
         hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
@@ -241,6 +235,33 @@ def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> N
     node.version += 1
     if alias.parent.index is not None and alias.name in alias.parent.index:
         alias.parent.index.put(alias.name, ((UPPER, node.kind),))
+
+
+def _copy_metacopy_data(core: StackCore, node: Node, dst: int, size: int) -> None:
+    assert node.data_dirfd is not None
+    src = os.open(
+        node.data_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=node.data_dirfd
+    )
+    try:
+        hostfs.copy_data(src, dst, size)
+    finally:
+        os.close(src)
+    _fault("metacopy-data-copied")
+    if not core.options.volatile:
+        os.fsync(dst)
+
+
+def _punch_back(fd: int, st: os.stat_result) -> None:
+    """Undo a failed in-place data copy: the file becomes the sparse metacopy file it was.
+
+    Without this a copy that failed half-way (ENOSPC) would keep its blocks: the upper stays
+    full, and a remount would not free them. The metacopy xattr was never removed, so the
+    merged view reads the lower data throughout. Best effort: the original error is raised.
+    """
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, st.st_size)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _set_upper_entry(core: StackCore, alias: Alias, kind: int, data_pos: int | None = None) -> None:

@@ -37,7 +37,7 @@ from layerfs.node import (
 )
 from layerfs.options import StackOptions, StackSpec
 from layerfs.types import Stat
-from layerfs.whiteout import TRUSTED_PREFIX, USER_PREFIX, WHITEOUT_PREFIX, is_whiteout_stat
+from layerfs.whiteout import TRUSTED_PREFIX, USER_PREFIX, is_whiteout_stat, oci_whiteout_name
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,8 @@ class StackCore:
             st = hostfs.lstat_or_none(dirfd, name)
             if st is not None:
                 return not is_whiteout_stat(st)
-            if hostfs.lstat_or_none(dirfd, WHITEOUT_PREFIX + name) is not None:
+            marker = oci_whiteout_name(name)
+            if marker is not None and hostfs.lstat_or_none(dirfd, marker) is not None:
                 return False
         return False
 

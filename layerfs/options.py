@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,16 +14,18 @@ from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
 
 @dataclass(frozen=True, slots=True)
 class StackOptions:
-    """How a stack behaves; the defaults match kernel overlayfs used by root.
+    """How a stack behaves; the defaults are kernel overlayfs's defaults, as used by root.
 
-    ``metacopy``: a change of metadata alone (chmod, chown, utimes, setxattr) of a lower
-    regular file copies up only its metadata, in the kernel's ``metacopy=on`` format; the data
-    is copied when the file is first opened for writing. ``volatile``: skip the fsync of
-    copied-up data (the kernel's ``volatile`` option).
+    ``metacopy`` (off by default, as in the kernel): a change of metadata alone (chmod, chown,
+    utimes, setxattr) of a lower regular file copies up only its metadata, in the kernel's
+    ``metacopy=on`` format; the data is copied when the file is first opened for writing. An
+    upper written with it is read only by kernels mounted with ``metacopy=on``; without it,
+    every copy-up copies the data and the upper mounts with the kernel's defaults.
+    ``volatile``: skip the fsync of copied-up data (the kernel's ``volatile`` option).
     """
 
     upper_format: UpperFormat = field(default_factory=UpperFormat)
-    metacopy: bool = True
+    metacopy: bool = False
     volatile: bool = False
 
 
@@ -68,13 +71,13 @@ def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
     lowers: list[Path] = []
     upper = work = None
     upper_format = UpperFormat()
-    metacopy = True
+    metacopy = False
     volatile = False
     rest: list[str] = []
-    for item in _split_options(text):
+    for item in split_option_list(text):
         key, _, value = item.partition("=")
         if key == "lowerdir":
-            lowers.extend(Path(p) for p in _split_lowerdir(value))
+            lowers.extend(Path(p) for p in split_lowerdir(value))
         elif key == "upperdir":
             upper = Path(_unescape(value))
         elif key == "workdir":
@@ -82,13 +85,19 @@ def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
         elif key == "userxattr":
             upper_format = UpperFormat(XattrNamespace.USER, WhiteoutStyle.CHARDEV)
         elif key == "metacopy":
-            metacopy = value != "off"
+            metacopy = _on_off(key, value)
         elif key == "volatile":
             volatile = True
         elif item:
             rest.append(item)
     options = StackOptions(upper_format=upper_format, metacopy=metacopy, volatile=volatile)
     return StackSpec(tuple(lowers), upper, work, options), rest
+
+
+def _on_off(key: str, value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ConfigError(f"{key}= takes on or off, not {value!r}")
+    return value == "on"
 
 
 def split_escaped(text: str, sep: str, *, keep_escapes: bool) -> list[str]:
@@ -117,13 +126,40 @@ def split_escaped(text: str, sep: str, *, keep_escapes: bool) -> list[str]:
     return [item for item in items if item]
 
 
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", r"\1", value)
+def split_option_list(text: str) -> list[str]:
+    """Split ``a,b=c\\,d`` at unescaped commas; escapes are kept for the consumer to read.
 
-
-def _split_options(text: str) -> list[str]:
+    Backslash-escaped commas belong to a value (overlayfs accepts ``\\,`` and ``\\:`` in
+    layer paths), so they must survive until the stack parses its own options.
+    """
     return split_escaped(text, ",", keep_escapes=True)
 
 
-def _split_lowerdir(value: str) -> list[str]:
+def split_lowerdir(value: str) -> list[str]:
+    """The layers of a ``lowerdir=`` value (or ``--lower``): ``:``-separated, ``\\:`` escaped."""
     return split_escaped(value, ":", keep_escapes=False)
+
+
+def escape_option_value(value: str) -> str:
+    """Escape a host path for an overlay-style option value (``\\``, ``,`` and ``:``)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def stack_option_items(
+    lowers: Sequence[Path], upper: Path | None = None, work: Path | None = None
+) -> list[str]:
+    """``lowerdir=``/``upperdir=``/``workdir=`` items naming exactly these directories.
+
+    :func:`parse_mount_options` reads them back as the same paths, whatever characters the
+    paths hold (``:``, ``,`` and ``\\`` are escaped).
+    """
+    items = ["lowerdir=" + ":".join(escape_option_value(str(p)) for p in lowers)]
+    if upper is not None:
+        items.append("upperdir=" + escape_option_value(str(upper)))
+    if work is not None:
+        items.append("workdir=" + escape_option_value(str(work)))
+    return items
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)

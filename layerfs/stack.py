@@ -33,7 +33,7 @@ from layerfs.whiteout import (
     WhiteoutStyle,
     is_private_xattr,
     is_whiteout_stat,
-    whiteout_file_name,
+    oci_whiteout_name,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ RENAME_NOREPLACE = hostfs.RENAME_NOREPLACE
 RENAME_EXCHANGE = hostfs.RENAME_EXCHANGE
 _ACCESS = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 _NAME_MAX = 255
+_PATH_MAX = 4096  # bytes of a path argument, its terminating NUL included
 
 PathArg = str | os.PathLike[str]
 
@@ -367,6 +368,9 @@ class Stack(StackCore):
     def symlink_at(
         self, parent: Node, name: str, target: str, uid: int | None = None, gid: int | None = None
     ) -> Node:
+        if len(os.fsencode(target)) >= _PATH_MAX:
+            raise oserror(errno.ENAMETOOLONG, name)
+
         def make(dirfd: int, host_name: str) -> None:
             os.symlink(target, host_name, dir_fd=dirfd)
 
@@ -495,7 +499,7 @@ class Stack(StackCore):
                     hostfs.rename_at(self.work_fd, tmp, upper_fd, name)
             else:
                 hostfs.rename_at(self.work_fd, tmp, upper_fd, name, hostfs.RENAME_NOREPLACE)
-                _unlink_quiet(upper_fd, whiteout_file_name(name))
+                _drop_oci_whiteout(upper_fd, name)
         except BaseException:
             hostfs.remove_tree(self.work_fd, tmp)
             raise
@@ -530,6 +534,8 @@ class Stack(StackCore):
         index = self.index(parent)
         upper_fd = self.dirfd(parent, UPPER)
         needs_whiteout = self.lower_positive(parent, name)
+        if needs_whiteout:
+            self._check_whiteout_fits(name)
         if alias.in_upper:
             self._forget_host(upper_fd, name)
             self._remove_upper(upper_fd, name, node.is_dir, needs_whiteout)
@@ -569,7 +575,22 @@ class Stack(StackCore):
         if self.options.upper_format.whiteouts is WhiteoutStyle.CHARDEV:
             hostfs.make_whiteout(upper_fd, name)
         else:
-            _make_file(upper_fd, whiteout_file_name(name))
+            _make_file(upper_fd, self._oci_whiteout(name))
+
+    def _oci_whiteout(self, name: str) -> str:
+        """The ``.wh.`` file deleting *name*; ENAMETOOLONG where none can exist.
+
+        Asked before anything changes, so an operation that cannot leave its whiteout fails
+        whole (only the ``.wh.`` style has this limit; a 0/0 device takes the name itself).
+        """
+        marker = oci_whiteout_name(name)
+        if marker is None:
+            raise oserror(errno.ENAMETOOLONG, name)
+        return marker
+
+    def _check_whiteout_fits(self, name: str) -> None:
+        if self.options.upper_format.whiteouts is WhiteoutStyle.WH_FILE:
+            self._oci_whiteout(name)
 
     # == node API: rename ===================================================================
     def rename_at(
@@ -640,6 +661,8 @@ class Stack(StackCore):
         dst: Node | None,
     ) -> None:
         src_alias = _alias_at(src, old_parent, old_name)
+        if self.lower_positive(old_parent, old_name):
+            self._check_whiteout_fits(old_name)
         self._make_movable(src, src_alias)
         copyup.copy_up(self, new_parent)
         old_index, new_index = self.index(old_parent), self.index(new_parent)
@@ -715,7 +738,7 @@ class Stack(StackCore):
         flags = hostfs.RENAME_WHITEOUT if leave_whiteout and chardev else 0
         hostfs.rename_at(old_fd, old_name, new_fd, new_name, flags)
         if target is None:
-            _unlink_quiet(new_fd, whiteout_file_name(new_name))
+            _drop_oci_whiteout(new_fd, new_name)
         if leave_whiteout and not chardev:
             self._make_whiteout(old_fd, old_name)
 
@@ -973,6 +996,8 @@ class Stack(StackCore):
 
 # -- helpers --------------------------------------------------------------------------------
 def _components(path: str) -> list[str]:
+    if len(os.fsencode(path)) >= _PATH_MAX:
+        raise oserror(errno.ENAMETOOLONG, path)
     return [p for p in path.split("/") if p and p != "."]
 
 
@@ -1010,6 +1035,13 @@ def _make_file(dirfd: int, name: str) -> None:
 
 def _make_dir(dirfd: int, name: str) -> None:
     os.mkdir(name, 0o700, dir_fd=dirfd)
+
+
+def _drop_oci_whiteout(dirfd: int, name: str) -> None:
+    """Remove a ``.wh.`` file for *name* that an upper in that style may hold."""
+    marker = oci_whiteout_name(name)
+    if marker is not None:
+        _unlink_quiet(dirfd, marker)
 
 
 def _unlink_quiet(dirfd: int, name: str) -> None:

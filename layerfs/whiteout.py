@@ -25,6 +25,7 @@ TRUSTED_PREFIX = "trusted.overlay."
 USER_PREFIX = "user.overlay."
 PRIVATE_PREFIXES = (TRUSTED_PREFIX, USER_PREFIX)
 OPAQUE_VALUE = b"y"
+NAME_MAX = 255  # bytes in one name, on every Linux filesystem layerfs writes to
 
 
 class XattrNamespace(enum.Enum):
@@ -90,8 +91,21 @@ def whited_out_name(name: str) -> str | None:
 
 
 def whiteout_file_name(name: str) -> str:
-    """The OCI whiteout file name that deletes *name*."""
+    """The OCI whiteout file name that deletes *name* (as a tar member, where it may be long)."""
     return WHITEOUT_PREFIX + name
+
+
+def oci_whiteout_name(name: str) -> str | None:
+    """The ``.wh.`` file that would delete *name* in a layer directory, or None if it cannot exist.
+
+    A name of more than ``NAME_MAX - 4`` bytes has no ``.wh.`` file on any filesystem: a reader
+    skips the look (asking would fail with ENAMETOOLONG), and a writer cannot delete that name
+    in the ``.wh.`` style at all.
+    """
+    whiteout = WHITEOUT_PREFIX + name
+    if len(os.fsencode(whiteout)) > NAME_MAX:
+        return None
+    return whiteout
 
 
 def is_opaque_value(value: bytes | None) -> bool:

@@ -105,18 +105,15 @@ def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple
     Entrypoint and Cmd) and mounts the container read-write at DIRECTORY/rootfs through FUSE.
     Unmount with: layerfs umount DIRECTORY/rootfs
     """
-    from fuse_mount.options import escape_option_value
     from layerfs.cli.mount import mount_stack
+    from layerfs.options import stack_option_items
 
     store = open_store(root)
     box = store.container(container)
     config = store.runtime_config(box, list(command) or None)
     lowers, upper, work = store.mount_spec(box.id)
     write_config(directory, config)
-    items = ["lowerdir=" + ":".join(escape_option_value(str(p)) for p in lowers)]
-    items.append("upperdir=" + escape_option_value(str(upper)))
-    items.append("workdir=" + escape_option_value(str(work)))
-    mount_stack(items, directory / "rootfs")
+    mount_stack(stack_option_items(lowers, upper, work), directory / "rootfs")
     click.echo(directory)
 
 

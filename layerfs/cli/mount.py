@@ -50,7 +50,7 @@ def mount(
     Without an upper directory the mount is read-only. Given IMAGE or CONTAINER from the
     store instead of --lower, an image mounts read-only and a container read-write.
     """
-    from fuse_mount.options import split_option_list
+    from layerfs.options import split_option_list
 
     if len(targets) > 2:
         raise click.UsageError("expected [IMAGE|CONTAINER] MOUNTPOINT")
@@ -121,31 +121,30 @@ def mount_stack(
 
 def _store_options(root: str | None, source: str) -> list[str]:
     """The layers of an image (read-only) or a container (with its upper) in the store."""
+    from layerfs.options import stack_option_items
     from layerfs.store import Store
 
     lowers, upper, work = Store.open(root).mount_spec(source)
-    return _layer_options(
-        ":".join(str(p) for p in lowers),
-        str(upper) if upper is not None else None,
-        str(work) if work is not None else None,
-    )
+    return stack_option_items(lowers, upper, work)
 
 
 def _layer_options(lower: str | None, upper: str | None, work: str | None) -> list[str]:
-    """``--lower/--upper/--work`` as overlay-style options (lower keeps its ':' separators)."""
-    from fuse_mount.options import escape_option_value
+    """``--lower/--upper/--work`` as overlay-style options.
 
-    if lower is None and (upper is not None or work is not None):
-        raise ConfigError("--upper and --work need --lower")
-    items = []
-    if lower is not None:
-        layers = [escape_option_value(path) for path in lower.split(":")]
-        items.append("lowerdir=" + ":".join(layers))
-    if upper is not None:
-        items.append("upperdir=" + escape_option_value(upper))
-    if work is not None:
-        items.append("workdir=" + escape_option_value(work))
-    return items
+    ``--lower`` separates layers with ``:`` and takes ``\\:`` for a colon inside a path, as
+    ``lowerdir=`` does; each path is then escaped once for the option string.
+    """
+    from layerfs.options import split_lowerdir, stack_option_items
+
+    if lower is None:
+        if upper is not None or work is not None:
+            raise ConfigError("--upper and --work need --lower")
+        return []
+    return stack_option_items(
+        [Path(p) for p in split_lowerdir(lower)],
+        Path(upper) if upper is not None else None,
+        Path(work) if work is not None else None,
+    )
 
 
 COMMANDS = [mount, umount]

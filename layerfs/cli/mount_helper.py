@@ -25,7 +25,7 @@ class UsageError(Exception):
 
 def parse_args(argv: list[str]) -> tuple[str, Path, list[str], bool]:
     """``(source, mountpoint, option items, fake)`` from a mount(8) helper command line."""
-    from fuse_mount.options import split_option_list
+    from layerfs.options import split_option_list
 
     positional: list[str] = []
     items: list[str] = []

@@ -12,9 +12,10 @@ import pytest
 from fuse_mount.attrs import Timeouts
 from fuse_mount.handles import HandleTable, OpenDir
 from fuse_mount.inodes import ROOT_INODE, InodeTable
-from fuse_mount.options import escape_option_value, parse_mount_options, split_option_list
+from fuse_mount.options import parse_mount_options
 from layerfs.cli.mount_helper import UsageError, parse_args
 from layerfs.errors import ConfigError
+from layerfs.options import escape_option_value, split_option_list
 
 
 def node(ino: int) -> Any:

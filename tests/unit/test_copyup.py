@@ -44,6 +44,16 @@ def stack(dirs: dict[str, Path]) -> Iterator[Stack]:
         yield s
 
 
+@pytest.fixture
+def meta_stack(dirs: dict[str, Path]) -> Iterator[Stack]:
+    """A stack with metadata-only copy-up on (the kernel's ``metacopy=on``)."""
+    with Stack([dirs["lower"]], dirs["upper"], dirs["work"], options=METACOPY) as s:
+        yield s
+
+
+METACOPY = StackOptions(metacopy=True)
+
+
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -82,8 +92,9 @@ def test_interrupted_copy_up_leaves_nothing_visible(
 
 
 def test_interrupted_metacopy_completion_keeps_lower_data(
-    dirs: dict[str, Path], stack: Stack, monkeypatch: pytest.MonkeyPatch
+    dirs: dict[str, Path], meta_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    stack = meta_stack
     stack.chmod("/dir/sub/file", 0o600)
     before = stack.read_bytes("/dir/sub/file")
 
@@ -94,11 +105,12 @@ def test_interrupted_metacopy_completion_keeps_lower_data(
     monkeypatch.setattr(copyup, "FAULT_HOOK", hook)
     with pytest.raises(Boom):
         stack.open("/dir/sub/file", os.O_RDWR)
-    with Stack([dirs["lower"]], dirs["upper"], dirs["work"]) as again:
+    with Stack([dirs["lower"]], dirs["upper"], dirs["work"], options=METACOPY) as again:
         assert again.read_bytes("/dir/sub/file") == before
 
 
-def test_chmod_copies_metadata_only(dirs: dict[str, Path], stack: Stack) -> None:
+def test_chmod_copies_metadata_only(dirs: dict[str, Path], meta_stack: Stack) -> None:
+    stack = meta_stack
     ino = stack.lstat("/dir/sub/file").ino
     stack.chmod("/dir/sub/file", 0o600)
     upper_file = dirs["upper"] / "dir" / "sub" / "file"
@@ -116,11 +128,10 @@ def test_chmod_copies_metadata_only(dirs: dict[str, Path], stack: Stack) -> None
     assert stack.lstat("/dir/sub/file").ino == ino
 
 
-def test_metacopy_off_copies_data(dirs: dict[str, Path]) -> None:
-    with Stack(
-        [dirs["lower"]], dirs["upper"], dirs["work"], options=StackOptions(metacopy=False)
-    ) as s:
-        s.chmod("/dir/sub/file", 0o600)
+def test_metacopy_is_off_by_default(dirs: dict[str, Path], stack: Stack) -> None:
+    stack.chmod("/dir/sub/file", 0o600)
+    upper_file = dirs["upper"] / "dir" / "sub" / "file"
+    assert "trusted.overlay.metacopy" not in os.listxattr(upper_file)
     assert (dirs["upper"] / "dir" / "sub" / "file").read_bytes() == b"lower data" * 1000
 
 

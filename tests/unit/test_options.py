@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from layerfs import ConfigError, Stack
-from layerfs.options import parse_mount_options, split_escaped
+from layerfs.options import (
+    parse_mount_options,
+    split_escaped,
+    split_option_list,
+    stack_option_items,
+)
 
 
 def test_escaped_separators_stay_in_paths() -> None:
@@ -37,3 +44,28 @@ def test_bad_stacks_are_config_errors(tmp_path: Path) -> None:
     (tmp_path / "u").mkdir()
     with pytest.raises(ConfigError, match="work directory"):
         Stack([tmp_path], upper=tmp_path / "u")
+
+
+@given(
+    st.lists(
+        st.text(st.sampled_from("ab:,\\=/ x"), min_size=1, max_size=8).map(lambda t: "/l/" + t),
+        min_size=1,
+        max_size=3,
+    ),
+    st.text(st.sampled_from("u:,\\="), min_size=1, max_size=6),
+)
+def test_stack_option_items_round_trip(lowers: list[str], upper: str) -> None:
+    """Paths with ``:``, ``,``, ``\\`` or ``=`` survive formatting, splitting and parsing."""
+    items = stack_option_items([Path(p) for p in lowers], Path("/" + upper), Path("/w,:"))
+    text = ",".join([*items, "ro"])
+    spec, rest = parse_mount_options(",".join(split_option_list(text)))
+    assert spec.lowers == tuple(Path(p) for p in lowers)
+    assert spec.upper == Path("/" + upper) and spec.work == Path("/w,:")
+    assert rest == ["ro"]
+
+
+def test_metacopy_takes_on_or_off() -> None:
+    assert parse_mount_options("lowerdir=/l")[0].options.metacopy is False
+    assert parse_mount_options("lowerdir=/l,metacopy=on")[0].options.metacopy is True
+    with pytest.raises(ConfigError, match="on or off"):
+        parse_mount_options("lowerdir=/l,metacopy=yes")
