@@ -116,9 +116,11 @@ def _copy_up_dir(core: StackCore, node: Node, alias: Alias) -> None:
     try:
         _fault("dir-created")
         _copy_metadata(lower_fd, alias.name, core.work_fd, tmp, st)
+        set_origin(core, lower_fd, alias.name, core.work_fd, tmp)
         _fault("dir-before-rename")
         with _parent_times_kept(upper_fd):
             hostfs.rename_at(core.work_fd, tmp, upper_fd, alias.name, hostfs.RENAME_NOREPLACE)
+            core.mark_impure(upper_fd)
     except BaseException:
         hostfs.remove_tree(core.work_fd, tmp)
         raise
@@ -140,9 +142,11 @@ def _copy_up_nondir(core: StackCore, node: Node, alias: Alias, meta_only: bool) 
     try:
         _create_copy(core, lower_fd, alias.name, tmp, st, meta_only)
         _copy_metadata(lower_fd, alias.name, core.work_fd, tmp, st)
+        set_origin(core, lower_fd, alias.name, core.work_fd, tmp)
         _fault("file-before-rename")
         with _parent_times_kept(upper_fd):
             hostfs.rename_at(core.work_fd, tmp, upper_fd, alias.name, hostfs.RENAME_NOREPLACE)
+            core.mark_impure(upper_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=core.work_fd)
@@ -201,6 +205,22 @@ def _copy_metadata(src_fd: int, src: str, dst_fd: int, dst: str, st: os.stat_res
     if not stat.S_ISLNK(st.st_mode):
         hostfs.chmod_at(dst_fd, dst, st.st_mode)
     hostfs.utime_at(dst_fd, dst, st.st_atime_ns, st.st_mtime_ns)
+
+
+def set_origin(core: StackCore, lower_fd: int, name: str, dst_fd: int, dst: str) -> None:
+    """Record on the copy *dst* which lower object it came from, as the kernel does.
+
+    The kernel's ``origin`` format, so a kernel mount of the upper reads it too; layerfs uses
+    it to give the copy its lower object's inode number again in a later assembly. An
+    unprivileged upper cannot put ``user.*`` xattrs on symlinks and devices: those go without,
+    as in the kernel.
+    """
+    attr = core.options.upper_format.origin_xattr
+    try:
+        hostfs.setxattr_at(dst_fd, dst, attr, core.origin_value(lower_fd, name))
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP):
+            raise
 
 
 def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> None:

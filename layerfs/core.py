@@ -37,17 +37,26 @@ from layerfs.node import (
 )
 from layerfs.options import StackOptions, StackSpec
 from layerfs.types import Stat
-from layerfs.whiteout import TRUSTED_PREFIX, USER_PREFIX, is_whiteout_stat, oci_whiteout_name
+from layerfs.whiteout import (
+    IMPURE_VALUE,
+    METACOPY_XATTRS,
+    OPAQUE_XATTRS,
+    ORIGIN_XATTRS,
+    Origin,
+    encode_origin,
+    is_whiteout_stat,
+    oci_whiteout_name,
+    parse_origin,
+)
 
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
-OPAQUE_XATTRS = (TRUSTED_PREFIX + "opaque", USER_PREFIX + "opaque")
-METACOPY_XATTRS = (TRUSTED_PREFIX + "metacopy", USER_PREFIX + "metacopy")
 WORK_SUBDIR = "work"  # the kernel's name too: WORK/work holds copy-ups in progress
 
-HostKey = tuple[int, int, int]  # (layer position, st_dev, st_ino)
-_PACK_BITS = 48  # a lower object's number: layer position above a 48-bit host inode number
+HostKey = tuple[int, int, int]  # (UPPER or LOWER, st_dev, st_ino)
+LOWER = 1  # HostKey's first item for an object of any lower layer
+_PACK_BITS = 48  # a lower object's number: its filesystem's index above a 48-bit inode number
 _PACK_LIMIT = 1 << _PACK_BITS
 _COUNTER_BASE = 1 << 62  # numbers handed out by the counter: never a packed number
 
@@ -72,7 +81,9 @@ class StackCore:
         self._inos: dict[HostKey, int] = {}
         self._linked: dict[HostKey, Node] = {}
         self._next_ino = _COUNTER_BASE
-        self._root_devs: list[int] = []
+        self._lower_fs: dict[int, int] = {}  # st_dev of a lower filesystem -> its index
+        self._fs_uuids: dict[int, bytes] = {}
+        self._by_handle = True  # open_by_handle_at works (CAP_DAC_READ_SEARCH)
         self._layer_links: dict[int, dict[tuple[int, int], list[str]]] = {}
         self._tmp_counter = 0
         self.work_fd = -1
@@ -91,7 +102,11 @@ class StackCore:
         self._roots.append(hostfs.open_root(spec.upper) if spec.upper is not None else -1)
         for lower in spec.lowers:
             self._roots.append(hostfs.open_root(lower))
-        self._root_devs = [os.stat(fd).st_dev if fd >= 0 else -1 for fd in self._roots]
+        for fd in self._roots[1:]:
+            dev = os.stat(fd).st_dev
+            if dev not in self._lower_fs:
+                self._lower_fs[dev] = len(self._lower_fs) + 1
+                self._fs_uuids[dev] = hostfs.fs_uuid(fd)
         if spec.work is not None:
             self.work_fd = self._prepare_work(spec.work)
 
@@ -198,8 +213,15 @@ class StackCore:
         data_pos = None
         if pos == UPPER and kind == REG and len(items) > 1 and self._is_metacopy(pfd, name):
             data_pos = items[1][0]
-        key_st = st if data_pos is None else hostfs.lstat_at(self.dirfd(parent, data_pos), name)
-        key = (pos if data_pos is None else data_pos, key_st.st_dev, key_st.st_ino)
+        if data_pos is not None:
+            key_st = hostfs.lstat_at(self.dirfd(parent, data_pos), name)
+            key = (LOWER, key_st.st_dev, key_st.st_ino)
+        elif pos == UPPER:
+            key_st = st
+            key = self._upper_key(parent, name, st)
+        else:
+            key_st = st
+            key = (LOWER, st.st_dev, st.st_ino)
         alias = Alias(parent, name, pos == UPPER)
         if key_st.st_nlink > 1:
             linked = self._linked.get(key)
@@ -228,9 +250,14 @@ class StackCore:
             if (pos == UPPER or not is_last) and self._opaque_in(parent, pos, name):
                 opaque = pos == UPPER
                 break
-        key_pos = next((p for p in layers if p != UPPER), layers[0])
-        key_st = st if key_pos == layers[0] else hostfs.lstat_at(self.dirfd(parent, key_pos), name)
-        node = Node(self._ino_for((key_pos, key_st.st_dev, key_st.st_ino)), DIR, tuple(layers))
+        key_pos = next((p for p in layers if p != UPPER), None)
+        if key_pos is None:
+            key = self._upper_key(parent, name, st)
+        else:
+            if key_pos != layers[0]:
+                st = hostfs.lstat_at(self.dirfd(parent, key_pos), name)
+            key = (LOWER, st.st_dev, st.st_ino)
+        node = Node(self._ino_for(key), DIR, tuple(layers))
         node.opaque = opaque
         node.aliases.append(Alias(parent, name, layers[0] == UPPER))
         return node
@@ -287,20 +314,98 @@ class StackCore:
                 return False
         return False
 
+    def _upper_key(self, parent: Node, name: str, st: os.stat_result) -> HostKey:
+        """The key of an upper object: its origin's, if it was copied up, else its own."""
+        origin = self._read_origin(self.dirfd(parent, UPPER), name)
+        if origin is not None:
+            key = self._find_origin(parent, name, origin)
+            if key is not None:
+                return key
+        return (UPPER, st.st_dev, st.st_ino)
+
+    def _read_origin(self, dirfd: int, name: str) -> Origin | None:
+        value = self._read_origin_value(dirfd, name)
+        return parse_origin(value) if value else None
+
+    @staticmethod
+    def _read_origin_value(dirfd: int, name: str) -> bytes | None:
+        for attr in ORIGIN_XATTRS:
+            value = hostfs.getxattr_at(dirfd, name, attr)
+            if value is not None:
+                return value
+        return None
+
+    def _find_origin(self, parent: Node, name: str, origin: Origin) -> HostKey | None:
+        """The lower object *origin* names: first where it was copied up from (same name in
+        the top-most lower that has it), else by its handle, which needs
+        ``CAP_DAC_READ_SEARCH`` (a renamed copy keeps its number only with it)."""
+        for pos in parent.layers:
+            if pos == UPPER:
+                continue
+            dirfd = self.dirfd(parent, pos)
+            st = hostfs.lstat_or_none(dirfd, name)
+            if st is None:
+                continue
+            if hostfs.file_handle(dirfd, name) == (origin.handle_type, origin.handle):
+                return (LOWER, st.st_dev, st.st_ino)
+            break
+        return self._open_origin(origin)
+
+    def _open_origin(self, origin: Origin) -> HostKey | None:
+        if not self._by_handle:
+            return None
+        for pos in range(1, len(self._roots)):
+            root = self._roots[pos]
+            dev = os.stat(root).st_dev
+            uuid = self._fs_uuids.get(dev, origin.uuid)
+            if origin.uuid != uuid:
+                continue
+            try:
+                fd = hostfs.open_by_handle(root, origin.handle_type, origin.handle)
+            except PermissionError:
+                self._by_handle = False
+                return None
+            if fd is None:
+                continue
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            return (LOWER, st.st_dev, st.st_ino)
+        return None
+
+    def origin_value(self, lower_fd: int, name: str) -> bytes:
+        """The ``origin`` value to record on the copy of lower object *name* (kernel format)."""
+        handle = hostfs.file_handle(lower_fd, name)
+        if handle is None:
+            return encode_origin(None)
+        uuid = self._fs_uuids.get(os.stat(lower_fd).st_dev, bytes(16))
+        return encode_origin(Origin(handle[0], handle[1], uuid))
+
+    def mark_impure(self, upper_dirfd: int) -> None:
+        """Flag an upper directory as holding copied-up objects, as the kernel does (its
+        readdir then reports their origin's inode numbers)."""
+        attr = self.options.upper_format.impure_xattr
+        if hostfs.fd_getxattr(upper_dirfd, attr) != IMPURE_VALUE:
+            hostfs.fd_setxattr(upper_dirfd, attr, IMPURE_VALUE)
+
     def _is_metacopy(self, dirfd: int, name: str) -> bool:
         return any(hostfs.getxattr_at(dirfd, name, a) is not None for a in METACOPY_XATTRS)
 
     def _ino_for(self, key: HostKey) -> int:
         """The number of the object *key* names.
 
-        A lower object's number is computed, not stored: its layer position in the high bits
-        above its host inode number (lower objects never change or go away while a stack is
-        assembled). Upper objects, and the rare host inode too large to pack, get numbers
+        A lower object's number is computed, not stored: its filesystem's index (in the order
+        the lowers name them) in the high bits above its host inode number. It depends on
+        nothing but the object (lower objects never change or go away while a stack is
+        assembled), so a copied-up object that records its origin gets the same number in
+        every later assembly. Upper objects, and the rare host inode too large to pack, get numbers
         from a counter in a range of their own, remembered in a map.
         """
-        pos, dev, host_ino = key
-        if pos != UPPER and host_ino < _PACK_LIMIT and dev == self._root_devs[pos]:
-            return (pos << _PACK_BITS) | host_ino
+        where, dev, host_ino = key
+        fs_index = self._lower_fs.get(dev) if where == LOWER else None
+        if fs_index is not None and host_ino < _PACK_LIMIT:
+            return (fs_index << _PACK_BITS) | host_ino
         ino = self._inos.get(key)
         if ino is None:
             ino = self._allocate()

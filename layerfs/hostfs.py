@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -123,6 +124,16 @@ def fd_listxattr(fd: int) -> list[str]:
         if exc.errno == errno.ENOTSUP:
             return []
         raise
+
+
+def fd_setxattr(fd: int, attr: str, value: bytes) -> None:
+    """Set xattr *attr* of the object open as *fd* (``O_PATH`` too)."""
+    try:
+        os.setxattr(fd, attr, value)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+        os.setxattr(f"/proc/self/fd/{fd}", attr, value)  # an O_PATH descriptor
 
 
 def open_root(path: str | os.PathLike[str]) -> int:
@@ -244,6 +255,68 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
         if n == 0:
             break  # the source shrank under us; the caller's size was an upper bound
         offset += n
+
+
+MAX_HANDLE_SZ = 128  # bytes of a file handle, the kernel's bound
+_AT_EMPTY_PATH = 0x1000
+_FS_IOC_GETFSUUID = 0x80111500  # _IOR(0x15, 0, struct fsuuid2 {u8 len; u8 uuid[16]})
+NULL_UUID = bytes(16)
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = (
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
+    )
+
+
+def file_handle(dirfd: int, name: str) -> tuple[int, bytes] | None:
+    """``name_to_handle_at`` of *name* (never through a link): ``(type, bytes)``.
+
+    None where the object is missing or its filesystem cannot encode handles. Needs no
+    privilege; the handle names the object itself, whatever its path, for as long as it exists.
+    """
+    handle = _FileHandle(MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    flags = _AT_EMPTY_PATH if name in ("", ".") else 0
+    path = os.fsencode("" if name == "." else name)
+    rc = _libc.name_to_handle_at(dirfd, path, ctypes.byref(handle), ctypes.byref(mount_id), flags)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOENT, errno.ENOTDIR, errno.EOPNOTSUPP, errno.EOVERFLOW, errno.ENOSYS):
+            return None
+        raise oserror(err, name)
+    return handle.handle_type, bytes(handle.f_handle[: handle.handle_bytes])
+
+
+def open_by_handle(mount_fd: int, handle_type: int, handle: bytes) -> int | None:
+    """``open_by_handle_at`` (``O_PATH``) of an object on *mount_fd*'s filesystem, or None.
+
+    None where the handle names nothing there (``ESTALE``) or is not of that filesystem.
+    Raises ``PermissionError`` without ``CAP_DAC_READ_SEARCH``.
+    """
+    if len(handle) > MAX_HANDLE_SZ:
+        return None
+    buf = _FileHandle(len(handle), handle_type)
+    ctypes.memmove(buf.f_handle, handle, len(handle))
+    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(buf), os.O_PATH | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err in (errno.ESTALE, errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
+            return None
+        raise oserror(err)
+    return int(fd)
+
+
+def fs_uuid(fd: int) -> bytes:
+    """The UUID of the filesystem *fd* is on (``FS_IOC_GETFSUUID``), or 16 zero bytes."""
+    buf = bytearray(17)
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFSUUID, buf)
+    except OSError:
+        return NULL_UUID
+    return bytes(buf[1 : 1 + buf[0]]).ljust(16, b"\0")[:16]
 
 
 RENAME_NOREPLACE = 1

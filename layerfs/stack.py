@@ -536,6 +536,7 @@ class Stack(StackCore):
         needs_whiteout = self.lower_positive(parent, name)
         if needs_whiteout:
             self._check_whiteout_fits(name)
+        self._keep_link_count(node)
         if alias.in_upper:
             self._forget_host(upper_fd, name)
             self._remove_upper(upper_fd, name, node.is_dir, needs_whiteout)
@@ -548,6 +549,18 @@ class Stack(StackCore):
         node.aliases.remove(alias)
         if node.is_dir:
             node.close_fds()
+
+    def _keep_link_count(self, node: Node) -> None:
+        """Before one name of a lower hard link goes, copy the object up with all its names.
+
+        The other names then count the links still visible (their upper object's st_nlink),
+        as the kernel's do with ``index=on`` (it copies up into its index for the same
+        reason). Left in the lower, they would keep reporting the lower's old count.
+        """
+        if node.is_dir or node.in_upper:
+            return
+        if self.host_stat(node).st_nlink > 1:
+            copyup.copy_up(self, node, data=False)
 
     def _remove_upper(self, upper_fd: int, name: str, is_dir: bool, whiteout: bool) -> None:
         chardev = self.options.upper_format.whiteouts is WhiteoutStyle.CHARDEV
@@ -664,6 +677,8 @@ class Stack(StackCore):
         if self.lower_positive(old_parent, old_name):
             self._check_whiteout_fits(old_name)
         self._make_movable(src, src_alias)
+        if dst is not None:
+            self._keep_link_count(dst)
         copyup.copy_up(self, new_parent)
         old_index, new_index = self.index(old_parent), self.index(new_parent)
         old_fd, new_fd = self.dirfd(old_parent, UPPER), self.dirfd(new_parent, UPPER)
@@ -814,7 +829,19 @@ class Stack(StackCore):
             else:
                 self._copy_leaf(child, child_fd, name)
         _copy_attrs(src_fd, src_name, dst_fd, dst_name, st)
+        self._carry_origin(node, src_fd, src_name, dst_fd, dst_name)
+        if self.index(node).names():
+            self.mark_impure(child_fd)
         self.register_copy(node, hostfs.lstat_at(dst_fd, dst_name))
+
+    def _carry_origin(self, node: Node, src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+        """The copy of *node* records where the object first came from (see copyup)."""
+        if not node.in_upper:
+            copyup.set_origin(self, src_fd, src, dst_fd, dst)
+            return
+        value = self._read_origin_value(src_fd, src)
+        if value is not None:
+            hostfs.setxattr_at(dst_fd, dst, self.options.upper_format.origin_xattr, value)
 
     def _copy_leaf(self, node: Node, dst_fd: int, name: str) -> None:
         """Put one non-directory of a directory being copied whole into the new tree.
@@ -847,6 +874,7 @@ class Stack(StackCore):
         else:
             os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst_fd)
         _copy_attrs(src_fd, src_name, dst_fd, name, st)
+        copyup.set_origin(self, src_fd, src_name, dst_fd, name)
         self.register_copy(node, hostfs.lstat_at(dst_fd, name))
 
     def _rehome(self, node: Node, alias: Alias) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import enum
 import os
 import stat
+import struct
+import sys
 from dataclasses import dataclass
 
 WHITEOUT_PREFIX = ".wh."
@@ -61,10 +63,71 @@ class UpperFormat:
     def metacopy_xattr(self) -> str:
         return self.xattrs.prefix + "metacopy"
 
+    @property
+    def origin_xattr(self) -> str:
+        return self.xattrs.prefix + "origin"
+
+    @property
+    def impure_xattr(self) -> str:
+        return self.xattrs.prefix + "impure"
+
     @classmethod
     def unprivileged(cls) -> UpperFormat:
         """The form an ordinary user can write: user xattrs and ``.wh.`` files."""
         return cls(XattrNamespace.USER, WhiteoutStyle.WH_FILE)
+
+
+OPAQUE_XATTRS = (TRUSTED_PREFIX + "opaque", USER_PREFIX + "opaque")
+METACOPY_XATTRS = (TRUSTED_PREFIX + "metacopy", USER_PREFIX + "metacopy")
+ORIGIN_XATTRS = (TRUSTED_PREFIX + "origin", USER_PREFIX + "origin")
+IMPURE_VALUE = b"y"
+
+# The kernel's "origin" value (struct ovl_fb): what a copied-up object was copied from, as a
+# file handle of the lower object. Version 0, magic 0xfb, total length, flags, handle type,
+# filesystem UUID, then the handle itself. A zero-length value means "copied up, origin
+# unknown" (the lower filesystem cannot encode handles).
+_ORIGIN_HEADER = struct.Struct("<BBBBB16s")
+_ORIGIN_MAGIC = 0xFB
+_FLAG_BIG_ENDIAN, _FLAG_ANY_ENDIAN, _FLAG_PATH_UPPER = 1, 2, 4
+_CPU_ENDIAN_FLAG = _FLAG_BIG_ENDIAN if sys.byteorder == "big" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The lower object a copied-up object came from: a file handle and its filesystem."""
+
+    handle_type: int
+    handle: bytes
+    uuid: bytes
+
+
+def encode_origin(origin: Origin | None) -> bytes:
+    """The ``*.overlay.origin`` value the kernel writes for *origin* (None: origin unknown)."""
+    if origin is None:
+        return b""
+    length = _ORIGIN_HEADER.size + len(origin.handle)
+    header = _ORIGIN_HEADER.pack(
+        0, _ORIGIN_MAGIC, length, _CPU_ENDIAN_FLAG, origin.handle_type, origin.uuid
+    )
+    return header + origin.handle
+
+
+def parse_origin(value: bytes) -> Origin | None:
+    """Read an ``*.overlay.origin`` value; None for "unknown", a foreign format or byte order.
+
+    A value that does not parse names no origin: the object is then numbered as a new one,
+    which is what the kernel does with an origin it cannot decode.
+    """
+    if len(value) < _ORIGIN_HEADER.size:
+        return None
+    version, magic, length, flags, handle_type, uuid = _ORIGIN_HEADER.unpack_from(value)
+    if version != 0 or magic != _ORIGIN_MAGIC or length != len(value):
+        return None
+    if flags & ~(_FLAG_BIG_ENDIAN | _FLAG_ANY_ENDIAN | _FLAG_PATH_UPPER):
+        return None
+    if not flags & _FLAG_ANY_ENDIAN and (flags & _FLAG_BIG_ENDIAN) != _CPU_ENDIAN_FLAG:
+        return None
+    return Origin(handle_type, value[_ORIGIN_HEADER.size :], uuid)
 
 
 def is_private_xattr(name: str) -> bool:
