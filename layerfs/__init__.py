@@ -5,6 +5,8 @@ The public API is re-exported here by explicit name; ``tests/unit/test_api.py`` 
 
 from __future__ import annotations
 
+from layerfs.access import Credentials
+from layerfs.caller import CallerFile, CallerView
 from layerfs.errors import (
     BadReferenceError,
     ConfigError,
@@ -29,7 +31,10 @@ __all__ = [
     "RENAME_EXCHANGE",
     "RENAME_NOREPLACE",
     "BadReferenceError",
+    "CallerFile",
+    "CallerView",
     "ConfigError",
+    "Credentials",
     "DigestMismatchError",
     "DirEntry",
     "FileHandle",

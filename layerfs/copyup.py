@@ -223,10 +223,15 @@ def set_origin(core: StackCore, lower_fd: int, name: str, dst_fd: int, dst: str)
             raise
 
 
-def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> None:
+def complete_metacopy(
+    core: StackCore, node: Node, upto: int | None = None, *, keep_times: bool = True
+) -> None:
     """Copy a metacopy file's data into its upper file, then drop the metacopy xattr.
 
-    *upto* limits the copy (a truncate to that size follows); 0 copies nothing.
+    *upto* limits the copy (a truncate to that size follows); 0 copies nothing. Without
+    *keep_times* the file keeps the times the data copy gave it: what the kernel does when
+    an open for writing completes a metacopy file (it puts the times back only after a full
+    copy-up).
     """
     alias = node.upper_alias()
     assert alias is not None and alias.parent is not None and node.data_dirfd is not None
@@ -242,7 +247,8 @@ def complete_metacopy(core: StackCore, node: Node, upto: int | None = None) -> N
             raise
         finally:
             os.close(dst)
-        hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
+        if keep_times:
+            hostfs.utime_at(upper_fd, alias.name, st.st_atime_ns, st.st_mtime_ns)
     for attr in core.metacopy_xattrs:
         try:
             hostfs.removexattr_at(upper_fd, alias.name, attr)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from layerfs import copyup, hostfs
+from layerfs.access import Credentials
+from layerfs.caller import CallerView
 from layerfs.core import StackCore
 from layerfs.errors import ConfigError, oserror
 from layerfs.handle import FileHandle
@@ -65,6 +67,11 @@ class Stack(StackCore):
             options or StackOptions(),
         )
         super().__init__(spec)
+
+    def as_caller(self, creds: Credentials) -> CallerView:
+        """The path API as the caller *creds* would see it through a kernel mount: with the
+        VFS's permission checks (see :mod:`layerfs.caller`)."""
+        return CallerView(self, creds)
 
     @classmethod
     def from_spec(cls, spec: StackSpec) -> Stack:
@@ -184,12 +191,12 @@ class Stack(StackCore):
         if node.kind != REG:
             copyup.copy_up(self, node)
             return
-        if truncate_to is not None:
-            copyup.copy_up(self, node, data=False)
-            if node.metacopy:
-                copyup.complete_metacopy(self, node, upto=truncate_to)
-        else:
+        if truncate_to is None and not node.metacopy:
             copyup.copy_up(self, node, data=True)
+            return
+        copyup.copy_up(self, node, data=False)  # a metacopy file stays one, for now
+        if node.metacopy:  # then its data, no more of it than survives the truncate
+            copyup.complete_metacopy(self, node, upto=truncate_to, keep_times=False)
 
     def _read_location(self, node: Node) -> tuple[int, str]:
         if node.data_dirfd is not None:
@@ -427,7 +434,7 @@ class Stack(StackCore):
     ) -> Node:
         self._check_new_name(parent, name)
         self.check_writable()
-        owner = (os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
+        owner, mode = self._new_owner(parent, kind, mode, uid, gid)
 
         def fixup(dirfd: int, host_name: str, opaque: bool) -> None:
             hostfs.chown_at(dirfd, host_name, *owner)
@@ -445,6 +452,22 @@ class Stack(StackCore):
             node.index = MergedIndex()
         parent.children[name] = node
         return node
+
+    def _new_owner(
+        self, parent: Node, kind: int, mode: int, uid: int | None, gid: int | None
+    ) -> tuple[tuple[int, int], int]:
+        """Owner and mode of a new object (``inode_init_owner``, a filesystem's own rule).
+
+        The caller's uid and gid (the process's when not given); in a set-gid directory the
+        directory's group instead, and a new directory inherits the set-gid bit.
+        """
+        owner = (os.geteuid() if uid is None else uid, os.getegid() if gid is None else gid)
+        parent_st = self._getattr(parent)
+        if parent_st.mode & stat.S_ISGID:
+            owner = (owner[0], parent_st.gid)
+            if kind == DIR:
+                mode |= stat.S_ISGID
+        return owner, mode
 
     def _put_in_upper(
         self,
@@ -631,20 +654,22 @@ class Stack(StackCore):
                 dst = None
             if old_name in (".", "..") or new_name in (".", ".."):
                 raise oserror(errno.EBUSY)
-            self._check_rename_order(old_parent, src, new_parent, dst, flags)
+            self.check_rename(old_parent, src, new_parent, dst, flags)
             if dst is src:
                 return  # same object (or the same hard link): nothing to do, as POSIX says
             if flags & RENAME_EXCHANGE:
                 assert dst is not None
                 self._exchange(old_parent, old_name, src, new_parent, new_name, dst)
                 return
-            self._check_rename_types(src, dst)
+            self.check_rename_types(src, dst)
+            if dst is not None and dst.is_dir and len(self.index(dst)):
+                raise oserror(errno.ENOTEMPTY)
             self._rename(old_parent, old_name, src, new_parent, new_name, dst)
 
-    def _check_rename_order(
+    def check_rename(
         self, old_parent: Node, src: Node, new_parent: Node, dst: Node | None, flags: int
     ) -> None:
-        """The checks renameat2(2) makes before the filesystem sees the rename, in its order."""
+        """The checks renameat2(2) makes on names before any permission, in its order."""
         if flags & RENAME_NOREPLACE and dst is not None:
             raise oserror(errno.EEXIST)
         if flags & RENAME_EXCHANGE and dst is None:
@@ -654,15 +679,15 @@ class Stack(StackCore):
         if dst is not None and dst.is_dir and dst.is_ancestor_of(old_parent):
             raise oserror(errno.EINVAL if flags & RENAME_EXCHANGE else errno.ENOTEMPTY)
 
-    def _check_rename_types(self, src: Node, dst: Node | None) -> None:
+    @staticmethod
+    def check_rename_types(src: Node, dst: Node | None) -> None:
+        """ENOTDIR or EISDIR for a rename over an object of the other kind."""
         if dst is None:
             return
         if src.is_dir and not dst.is_dir:
             raise oserror(errno.ENOTDIR)
         if not src.is_dir and dst.is_dir:
             raise oserror(errno.EISDIR)
-        if dst.is_dir and len(self.index(dst)):
-            raise oserror(errno.ENOTEMPTY)
 
     def _rename(
         self,

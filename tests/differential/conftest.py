@@ -1,10 +1,10 @@
 """Kernel overlayfs mounts for the differential tests, and the allowlist in the report.
 
-:class:`KernelOverlay` mounts ``mount -t overlay`` with options probed once per session
-(the running kernel must accept ``index=on`` with ``redirect_dir=off`` and ``metacopy=off``,
-and ``metacopy=on`` for the read-back check). Every mount is undone in a ``finally``: plain
-``umount`` first, ``umount -l`` as the last resort, and a session finaliser sweeps anything
-still mounted, so no test leaves a mount behind even when it fails.
+:class:`KernelOverlay` mounts ``mount -t overlay`` with the option sets of
+:mod:`tests.differential.configs`, each probed once per session (the running kernel must
+accept all of them). Every mount is undone in a ``finally``: plain ``umount`` first,
+``umount -l`` as the last resort, and a session finaliser sweeps anything still mounted, so
+no test leaves a mount behind even when it fails.
 """
 
 from __future__ import annotations
@@ -17,13 +17,7 @@ from pathlib import Path
 
 import pytest
 
-# Options for the comparison mount: layerfs renames merged directories by copying them up, the
-# kernel with redirect_dir=off returns EXDEV (the runner then copies like mv), and hard links
-# stay linked after copy-up in both (index=on).
-COMPARE_OPTIONS = ("index=on", "redirect_dir=off", "metacopy=off")
-# Options to read layerfs's upper back: it may contain metacopy files (layerfs writes them).
-READBACK_OPTIONS = ("index=on", "metacopy=on")
-READBACK_FALLBACK = ("index=on", "metacopy=on", "redirect_dir=on")
+from tests.differential.configs import CONFIGS
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -34,8 +28,6 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 class KernelOverlay:
     """Mounts kernel overlayfs and guarantees the unmount."""
 
-    compare_options: tuple[str, ...] = COMPARE_OPTIONS
-    readback_options: tuple[str, ...] = READBACK_OPTIONS
     active: set[Path] = field(default_factory=set)
 
     @contextmanager
@@ -88,16 +80,13 @@ def _accepts(base: Path, options: Sequence[str]) -> bool:
 
 @pytest.fixture(scope="session")
 def kernel_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelOverlay]:
-    """A :class:`KernelOverlay` with options the running kernel accepts (probed once)."""
+    """A :class:`KernelOverlay`, once the running kernel accepted every option set used."""
     base = tmp_path_factory.mktemp("overlay-probe")
-    if not _accepts(base / "compare", COMPARE_OPTIONS):
-        pytest.fail(f"kernel overlayfs refuses {','.join(COMPARE_OPTIONS)}")
-    readback: tuple[str, ...] = READBACK_OPTIONS
-    if not _accepts(base / "readback", readback):
-        readback = READBACK_FALLBACK
-        if not _accepts(base / "readback2", readback):
-            pytest.fail("kernel overlayfs refuses metacopy=on")
-    overlay = KernelOverlay(COMPARE_OPTIONS, readback)
+    wanted = {c.kernel for c in CONFIGS.values()} | {c.readback for c in CONFIGS.values()}
+    for i, options in enumerate(sorted(wanted)):
+        if not _accepts(base / str(i), options):
+            pytest.fail(f"kernel overlayfs refuses {','.join(options) or 'its defaults'}")
+    overlay = KernelOverlay()
     try:
         yield overlay
     finally:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import pickle
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,7 +33,7 @@ from hypothesis import strategies as st
 from tests.property import layers as L
 
 if TYPE_CHECKING:
-    from layerfs import Stack
+    from layerfs import CallerView, Credentials, Stack
     from tests.property.model import Model
 
 RENAME_NOREPLACE = 1
@@ -197,10 +199,13 @@ def _guided(draw: st.DrawFn, layers: list[L.Layer], min_size: int, max_size: int
 
 @st.composite
 def scenarios(
-    draw: st.DrawFn, styles: L.Styles = L.KERNEL_STYLES, max_size: int = 25
+    draw: st.DrawFn,
+    styles: L.Styles = L.KERNEL_STYLES,
+    max_size: int = 25,
+    hard_links: bool = True,
 ) -> tuple[list[L.Layer], list[Op]]:
     """Lowers plus an operation sequence guided by them."""
-    layers = draw(L.layer_stacks(styles))
+    layers = draw(L.layer_stacks(styles, hard_links=hard_links))
     return layers, draw(generate(layers, max_size=max_size))
 
 
@@ -226,6 +231,27 @@ def _copy_attrs(src: Path, dst: Path) -> None:
     os.chown(dst, st_.st_uid, st_.st_gid)
     os.chmod(dst, stat.S_IMODE(st_.st_mode))
     os.utime(dst, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+
+
+@contextmanager
+def _as_root() -> Iterator[None]:
+    """Act as root for a moment in a worker that dropped to a user (see :func:`run_ops_as`).
+
+    The ``mv``-like fallback below stands for what the kernel with ``redirect_dir=on`` would
+    have done in one step: move the directory keeping its owner, which ``mv`` run by a user
+    could not. The kernel's permission checks for the rename had already passed.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        yield
+        return
+    os.seteuid(0)
+    os.setegid(0)
+    try:
+        yield
+    finally:
+        os.setegid(gid)
+        os.seteuid(uid)
 
 
 def _move_dir(old: Path, new: Path) -> None:
@@ -259,13 +285,14 @@ def rename(old: Path, new: Path, flags: int) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    if flags & RENAME_EXCHANGE:
-        tmp = old.parent / EXCHANGE_TMP
-        rename(old, tmp, 0)
-        rename(new, old, 0)
-        rename(tmp, new, 0)
-    else:
-        _move_dir(old, new)
+    with _as_root():
+        if flags & RENAME_EXCHANGE:
+            tmp = old.parent / EXCHANGE_TMP
+            rename(old, tmp, 0)
+            rename(new, old, 0)
+            rename(tmp, new, 0)
+        else:
+            _move_dir(old, new)
 
 
 def _write_os(p: Path, op: Op) -> None:
@@ -321,16 +348,50 @@ def run_ops(root: Path, sequence: Sequence[Op]) -> list[Outcome]:
     return [_outcome(partial(apply_os, root, op)) for op in sequence]
 
 
+def run_ops_as(root: Path, sequence: Sequence[Op], creds: Credentials | None) -> list[Outcome]:
+    """:func:`run_ops` in a forked worker acting as *creds* (None: in this process, as root).
+
+    The worker takes the uid, gid and groups as its real, effective and filesystem ids and
+    keeps 0 as its saved ids only for the fallback of :func:`rename`; umask 0, so modes are
+    exactly what the operations ask for on every side.
+    """
+    if creds is None:
+        return run_ops(root, sequence)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the worker
+        code = 1
+        try:
+            os.close(read_end)
+            os.chdir(root)  # the path to the mount need not be open to the user
+            os.setgroups(sorted(creds.groups | {creds.gid}))
+            os.setresgid(creds.gid, creds.gid, 0)
+            os.setresuid(creds.uid, creds.uid, 0)
+            os.umask(0)
+            with os.fdopen(write_end, "wb") as out:
+                pickle.dump(run_ops(Path("."), sequence), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the worker failed"
+    outcomes: list[Outcome] = pickle.loads(data)
+    return outcomes
+
+
 # --- running on a layerfs Stack -------------------------------------------------------------
 
 
-def _write_stack(stack: Stack, op: Op) -> None:
+def _write_stack(stack: Stack | CallerView, op: Op) -> None:
     extra = {"trunc": os.O_TRUNC, "append": os.O_APPEND}.get(op.how, 0)
     with stack.open(op.path, os.O_WRONLY | os.O_CREAT | extra, 0o644) as handle:
         handle.write(op.data, op.number if op.how == "at" else None)
 
 
-def apply_stack(stack: Stack, op: Op) -> None:
+def apply_stack(stack: Stack | CallerView, op: Op) -> None:
     """Apply *op* through the Stack path API."""
     simple = {
         "truncate": lambda: stack.truncate(op.path, op.number),
@@ -353,7 +414,7 @@ def apply_stack(stack: Stack, op: Op) -> None:
         simple[op.kind]()
 
 
-def run_stack(stack: Stack, sequence: Sequence[Op]) -> list[Outcome]:
+def run_stack(stack: Stack | CallerView, sequence: Sequence[Op]) -> list[Outcome]:
     """Apply each operation through *stack*; one outcome (None or errno) per operation."""
     return [_outcome(partial(apply_stack, stack, op)) for op in sequence]
 

@@ -29,9 +29,11 @@ FILE_NAMES = ("f", "g")
 SPECIAL_NAMES = ("s", "p")
 XATTR_NAMES = ("user.x", "user.y")
 DATA_CHOICES = (b"", b"x", b"hello\n", b"lower data\n", bytes(range(256)) * 20)
-FILE_MODES = (0o644, 0o600, 0o755, 0o640)
-DIR_MODES = (0o755, 0o700, 0o750)
-OWNERS = ((0, 0), (1000, 1000), (1000, 0))
+# set-uid, set-gid (with and without group execute) and sticky bits, and objects of other
+# users, so callers that are not root meet the kernel's rules for them
+FILE_MODES = (0o644, 0o600, 0o755, 0o640, 0o666, 0o4755, 0o2755, 0o2664, 0o6775)
+DIR_MODES = (0o755, 0o700, 0o750, 0o777, 0o2775, 0o1777, 0o3777)
+OWNERS = ((0, 0), (1000, 1000), (1000, 0), (1001, 1001), (1001, 1002), (0, 1000))
 
 OpaqueStyle = Literal["trusted", "user", "marker"]
 WhiteoutStyle = Literal["chardev", "whfile"]
@@ -178,15 +180,20 @@ def _add_hard_link(d: _LayerDraw) -> None:
 
 @st.composite
 def layer_stacks(
-    draw: st.DrawFn, styles: Styles = ALL_STYLES, min_layers: int = 2, max_layers: int = 3
+    draw: st.DrawFn,
+    styles: Styles = ALL_STYLES,
+    min_layers: int = 2,
+    max_layers: int = 3,
+    hard_links: bool = True,
 ) -> list[Layer]:
-    """2-3 lower layers, top-most first, with whiteouts, opaque dirs and a hard link pair."""
+    """2-3 lower layers, top-most first, with whiteouts, opaque dirs and (unless
+    *hard_links* is false) a hard link pair."""
     count = draw(st.integers(min_layers, max_layers))
     layers: list[Layer] = []
     for index in range(count):
         d = _LayerDraw(draw, styles, max_depth=2)
         _fill(d, "/", 1)
-        if index == count - 1 or draw(st.booleans()):
+        if hard_links and (index == count - 1 or draw(st.booleans())):
             _add_hard_link(d)
         layers.append(d.entries)
     return layers
@@ -209,8 +216,8 @@ def _build_dir(host: Path, entry: Dir) -> None:
     elif entry.opaque == "marker":
         (host / whiteout.OPAQUE_MARKER).touch()
     _set_xattrs(host, entry.xattrs)
-    os.chmod(host, entry.mode)
     os.chown(host, entry.uid, entry.gid)
+    os.chmod(host, entry.mode)
 
 
 def _build_leaf(root: Path, path: str, entry: Entry) -> None:
@@ -227,13 +234,14 @@ def _build_leaf(root: Path, path: str, entry: Entry) -> None:
     if isinstance(entry, File):
         host.write_bytes(entry.data)
         _set_xattrs(host, entry.xattrs)
-        os.chmod(host, entry.mode)
     elif isinstance(entry, Symlink):
         os.symlink(entry.target, host)
     elif isinstance(entry, Fifo):
         os.mkfifo(host, entry.mode)
-        os.chmod(host, entry.mode)
+    # owner first: a chown drops set-uid and set-gid bits that a chmod set before it
     os.chown(host, entry.uid, entry.gid, follow_symlinks=False)
+    if not isinstance(entry, Symlink):
+        os.chmod(host, entry.mode)
     os.utime(host, ns=(OLD_NS, OLD_NS), follow_symlinks=False)
 
 

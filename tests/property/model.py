@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -200,7 +201,7 @@ class Model:
         self._parent(path)
         if path not in self.nodes:
             self._new_name(path)
-            self.nodes[path] = Inode("file", 0o644, self.uid, self.gid, mtime_ns=None)
+            self.nodes[path] = Inode("file", 0o644, self.uid, self._new_gid(path), mtime_ns=None)
         node = self._regular(path)
         if how == "trunc":
             node.data, offset = b"", 0
@@ -221,16 +222,18 @@ class Model:
 
     def mkdir(self, path: str, mode: int) -> None:
         self._new_name(path)
-        self.nodes[path] = Inode("dir", mode, self.uid, self.gid, mtime_ns=None)
+        sgid = self.nodes[L.parent_of(path)].mode & stat.S_ISGID
+        self.nodes[path] = Inode("dir", mode | sgid, self.uid, self._new_gid(path), mtime_ns=None)
 
     def symlink(self, target: str, path: str) -> None:
         self._new_name(path)
-        node = Inode("symlink", 0o777, self.uid, self.gid, target=target, mtime_ns=None)
+        gid = self._new_gid(path)
+        node = Inode("symlink", 0o777, self.uid, gid, target=target, mtime_ns=None)
         self.nodes[path] = node
 
     def mkfifo(self, path: str, mode: int) -> None:
         self._new_name(path)
-        self.nodes[path] = Inode("fifo", mode, self.uid, self.gid, mtime_ns=None)
+        self.nodes[path] = Inode("fifo", mode, self.uid, self._new_gid(path), mtime_ns=None)
 
     def rmdir(self, path: str) -> None:
         node = self._existing(path)
@@ -317,11 +320,21 @@ class Model:
         self._existing(path).mode = mode
 
     def chown(self, path: str, uid: int, gid: int) -> None:
+        """As root: a non-directory loses set-uid, and set-gid where the group may execute."""
         node = self._existing(path)
         if uid != -1:
             node.uid = uid
         if gid != -1:
             node.gid = gid
+        if node.kind != "dir":
+            node.mode &= ~stat.S_ISUID
+            if node.mode & stat.S_IXGRP:
+                node.mode &= ~stat.S_ISGID
+
+    def _new_gid(self, path: str) -> int:
+        """A new object takes a set-gid parent's group (``inode_init_owner``)."""
+        parent = self.nodes[L.parent_of(path)]
+        return parent.gid if parent.mode & stat.S_ISGID else self.gid
 
     def utimes(self, path: str, mtime_ns: int) -> None:
         self._existing(path).mtime_ns = mtime_ns

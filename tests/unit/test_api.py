@@ -10,7 +10,8 @@ import layerfs
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
-    "RENAME_EXCHANGE", "RENAME_NOREPLACE", "BadReferenceError", "ConfigError",
+    "RENAME_EXCHANGE", "RENAME_NOREPLACE", "BadReferenceError", "CallerFile", "CallerView",
+    "ConfigError", "Credentials",
     "DigestMismatchError", "DirEntry", "FileHandle", "FileKind", "LayerFormatError",
     "LayerfsError", "Node", "NotFoundError", "RegistryError", "Stack", "StackOptions",
     "StackSpec", "Stat", "StatFs", "StoreError", "UnsafeLayerError", "UpperFormat",

@@ -1,0 +1,65 @@
+"""The worlds the differential tests compare in: kernel option sets and callers.
+
+A :class:`Config` pairs the kernel's mount options for the comparison mount with the layerfs
+options that promise the same behaviour, and says what can be compared:
+
+* ``defaults``: the kernel's defaults (``index=off``, ``redirect_dir=off``, ``metacopy=off``)
+  against layerfs's defaults. Without ``index`` the kernel breaks lower hard links on
+  copy-up where layerfs keeps them (as ``index=on`` does), so these lowers hold none.
+* ``index``: ``index=on`` (hard links kept), still no redirects and no metacopy.
+* ``features``: ``index=on,redirect_dir=on,metacopy=on`` against layerfs with metacopy on.
+  The kernel renames merged directories through redirect xattrs where layerfs copies them,
+  so the uppers differ in form and only the merged views and outcomes are compared.
+
+After every run the kernel mounts **layerfs's upper** with the options it needs (its
+defaults when layerfs wrote no metacopy files) and must show the merged view layerfs showed.
+
+A caller is root, or a user with a uid, a gid and supplementary groups (:data:`USER`): the
+kernel side runs its calls in a forked worker with those credentials, the core through
+``Stack.as_caller``, the FUSE mount through the same worker on an ``allow_other`` mount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerfs import Credentials, StackOptions
+
+USER = Credentials(1000, 1000, frozenset({1000, 1002}))
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    kernel: tuple[str, ...]
+    options: StackOptions
+    hard_links: bool
+    compare_upper: bool
+
+    @property
+    def readback(self) -> tuple[str, ...]:
+        """Kernel options that read layerfs's upper: its defaults unless metacopy files."""
+        return ("metacopy=on",) if self.options.metacopy else ()
+
+
+CONFIGS = {
+    config.name: config
+    for config in (
+        Config("defaults", (), StackOptions(), hard_links=False, compare_upper=True),
+        Config(
+            "index",
+            ("index=on", "redirect_dir=off", "metacopy=off"),
+            StackOptions(),
+            hard_links=True,
+            compare_upper=True,
+        ),
+        Config(
+            "features",
+            ("index=on", "redirect_dir=on", "metacopy=on"),
+            StackOptions(metacopy=True),
+            hard_links=True,
+            compare_upper=False,
+        ),
+    )
+}
+CALLERS: dict[str, Credentials | None] = {"root": None, "user": USER}
