@@ -6,7 +6,9 @@ From each root the walk marks the manifest, its config and its layer blobs, and 
 ``diff_ids`` are marked even if its image's blobs are gone, so gc **never** deletes a layer a
 container stacks on. Everything unmarked under ``blobs/sha256`` and ``layers/`` is removed;
 layer directories are first renamed into ``tmp/`` so a crash mid-delete cannot leave a
-partially deleted layer under its real name. Call with the store's write lock held.
+partially deleted layer under its real name. Volumes (``volumes/``) are no concern of gc: it
+never deletes one; ``Store.volumes.prune`` deletes those no container names. Call with the
+store's write lock held.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
       blobs/sha256/<hex>    manifests, configs, compressed layers
       layers/<hex>/         each layer unpacked once, named by its diff_id, overlayfs lower format
       containers/<id>/      upper/, work/, container.json
+      volumes/<name>/       volume.json, data/ (what the container sees at the volume's path)
       tmp/                  staging on the same filesystem; swept when the store is opened
       lock                  fcntl.flock: held exclusively by every writer
 
@@ -39,6 +40,7 @@ class ImageLayout:
         self.blobs_dir = root / "blobs"
         self.layers_dir = root / "layers"
         self.containers_dir = root / "containers"
+        self.volumes_dir = root / "volumes"
         self.tmp_dir = root / "tmp"
         self.lock_file = root / "lock"
         self.index_file = root / INDEX_FILE
@@ -46,7 +48,8 @@ class ImageLayout:
 
     def ensure(self) -> None:
         """Create whatever part of the layout is missing; refuse a foreign layout version."""
-        for path in (self.blobs.dir, self.layers_dir, self.containers_dir, self.tmp_dir):
+        dirs = (self.blobs.dir, self.layers_dir, self.containers_dir, self.volumes_dir)
+        for path in (*dirs, self.tmp_dir):
             path.mkdir(parents=True, exist_ok=True)
         marker = self.root / OCI_LAYOUT_FILE
         if marker.exists():
