@@ -6,6 +6,7 @@ CONTAINER MNT`` mounts it. These commands only manage the store side.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -127,7 +128,10 @@ def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple
     config = store.runtime_config(box, list(command) or None)
     lowers, upper, work = store.mount_spec(box.id)
     write_config(directory, config)
-    mount_stack(stack_option_items(lowers, upper, work), directory / "rootfs")
+    items = stack_option_items(lowers, upper, work)
+    if config["process"]["user"]["uid"] != os.geteuid():
+        items.append("allow_other")  # FUSE serves only the mounting user otherwise
+    mount_stack(items, directory / "rootfs")
     click.echo(directory)
 
 

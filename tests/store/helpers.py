@@ -1,10 +1,12 @@
-"""Small builders for store tests: fake images made of blobs, without real layer tars."""
+"""Helpers for store tests: fake images made of blobs, tree descriptions, the CLI."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from layerfs.store.blobs import BlobStore, digest_bytes
@@ -18,6 +20,8 @@ from layerfs.store.oci import (
     canonical_json,
 )
 from layerfs.types import Digest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_image(blobs: BlobStore, layer_contents: list[bytes]) -> tuple[Descriptor, list[Digest]]:
@@ -86,3 +90,17 @@ def meta_tree(root: Path) -> dict[str, tuple[object, ...]]:
         out[rel] = (stat.S_IFMT(st.st_mode), mode, st.st_uid, st.st_gid, st.st_mtime_ns,
                     tuple(attrs), content, st.st_rdev, link)  # fmt: skip
     return out
+
+
+def run_layerfs(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run this checkout's ``layerfs`` command in a subprocess, capturing its output."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "from layerfs.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
