@@ -44,8 +44,7 @@ def create_cmd(root: str | None, labels: tuple[str, ...], name: str | None) -> N
 @click.option("--quiet", "-q", is_flag=True, help="Print volume names only.")
 def ls_cmd(root: str | None, output: str, quiet: bool) -> None:
     """List volumes and how many containers use each."""
-    volumes = open_store(root).volumes
-    rows = [volumes.describe(v) for v in volumes.list()]
+    rows = open_store(root).volumes.describe_all()
     if output == "json":
         echo_json(rows)
         return

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from layerfs.errors import BadReferenceError, NotFoundError, StoreError
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.images import now_rfc3339
+from layerfs.store.layout import remove_dir
 from layerfs.store.mounts import Mount
 from layerfs.types import Digest
 
@@ -167,10 +167,7 @@ class ContainerStore:
 
     def remove(self, container: Container) -> None:
         """Delete a container: renamed out of ``containers/`` first, then removed from ``tmp/``."""
-        trash = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp_dir)) / container.id
-        os.rename(container.path, trash)
-        fsync_dir(self.dir)
-        shutil.rmtree(trash.parent)
+        remove_dir(container.path, self.tmp_dir)
 
     def _load(self, path: Path) -> Container:
         try:

@@ -22,10 +22,11 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from layerfs.errors import StoreError
-from layerfs.store.blobs import BlobStore, atomic_file
+from layerfs.store.blobs import BlobStore, atomic_file, fsync_dir
 from layerfs.store.oci import OCI_LAYOUT_VERSION, Index
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -91,6 +92,15 @@ class ImageLayout:
     def _write_atomic(self, target: Path, text: str) -> None:
         with atomic_file(target, self.tmp_dir) as out:
             out.write(text.encode())
+
+
+def remove_dir(path: Path, tmp_dir: Path) -> None:
+    """Delete the directory *path*: renamed into *tmp_dir* first, so that a crash never leaves
+    it half-deleted under its name (the next sweep of ``tmp/`` finishes the job)."""
+    trash = Path(tempfile.mkdtemp(prefix="rm-", dir=tmp_dir))
+    os.rename(path, trash / path.name)
+    fsync_dir(path.parent)
+    shutil.rmtree(trash)
 
 
 def check_layout_marker(root: Path) -> None:

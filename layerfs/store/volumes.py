@@ -42,7 +42,14 @@ from layerfs import hostfs
 from layerfs.errors import NotFoundError, StoreError
 from layerfs.store.blobs import atomic_file, fsync_dir
 from layerfs.store.images import now_rfc3339
-from layerfs.store.mounts import ANONYMOUS_NAME_BYTES, Mount, MountKind, check_volume_name
+from layerfs.store.layout import remove_dir
+from layerfs.store.mounts import (
+    ANONYMOUS_NAME_BYTES,
+    VOLUME_NAME_RE,
+    Mount,
+    MountKind,
+    check_volume_name,
+)
 from layerfs.store.populate import copy_tree
 from layerfs.store.progress import NoProgress, Progress
 
@@ -110,7 +117,7 @@ class VolumeDir:
             names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
             return []
-        found = (self.find(name) for name in names)
+        found = (self.find(name) for name in names if VOLUME_NAME_RE.match(name))
         return [v for v in found if v is not None]
 
     def find(self, name: str) -> Volume | None:
@@ -145,6 +152,7 @@ class VolumeDir:
             volume = Volume(name, anonymous, dict(labels), now_rfc3339(), self.dir / name)
             with atomic_file(staging / VOLUME_JSON, self.tmp_dir) as out:
                 out.write((json.dumps(volume.to_json(), indent=2) + "\n").encode())
+            fsync_dir(staging)
             self.dir.mkdir(parents=True, exist_ok=True)
             os.rename(staging, volume.path)
         except BaseException:
@@ -155,10 +163,7 @@ class VolumeDir:
 
     def remove(self, volume: Volume) -> None:
         """Delete a volume: renamed out of ``volumes/`` first, then removed from ``tmp/``."""
-        trash = Path(tempfile.mkdtemp(prefix="rm-volume-", dir=self.tmp_dir))
-        os.rename(volume.path, trash / volume.name)
-        fsync_dir(self.dir)
-        shutil.rmtree(trash)
+        remove_dir(volume.path, self.tmp_dir)
 
     def is_empty(self, volume: Volume) -> bool:
         with os.scandir(volume.data) as entries:
@@ -227,10 +232,18 @@ class Volumes:
         return [c for c in self._containers() if name in volume_names(c.mounts)]
 
     def describe(self, volume: str | Volume) -> dict[str, Any]:
-        """A JSON-ready description: the record, ``path`` (the data) and ``containers``."""
+        """A JSON-ready description: the record, ``path`` (the data) and ``containers``
+        (the names of the containers that use it)."""
         found = volume if isinstance(volume, Volume) else self.get(volume)
-        users = [c.name for c in self.users(found)]
-        return {**found.to_json(), "path": str(found.data), "containers": users}
+        return _described(found, self.users(found))
+
+    def describe_all(self) -> builtins.list[dict[str, Any]]:
+        """:meth:`describe` of every volume, sorted by name, reading the containers once."""
+        containers = self._containers()
+        return [
+            _described(v, [c for c in containers if v.name in volume_names(c.mounts)])
+            for v in self.dir.list()
+        ]
 
     def create(self, name: str | None = None, labels: Mapping[str, str] | None = None) -> Volume:
         """A new, empty named volume (a random 64-hex name when *name* is None).
@@ -337,6 +350,10 @@ class Volumes:
             self.dir.remove(volume)
             removed.append(volume)
         return removed
+
+
+def _described(volume: Volume, users: Sequence[Container]) -> dict[str, Any]:
+    return {**volume.to_json(), "path": str(volume.data), "containers": [c.name for c in users]}
 
 
 def volume_names(mounts: Sequence[Mount]) -> Iterator[str]:
