@@ -1,9 +1,10 @@
 """Volumes end to end: runc runs containers whose volumes outlive them.
 
 The image is built by the builders and its config edited by umoci (``--config.volume``,
-``--config.workingdir``, ``--config.env``, ``--config.user``), as a build tool would write it;
-the process runs as that user, uid 1000. Everything the
-test does to the store goes through the ``layerfs`` command; runc runs the bundles.
+``--config.workingdir``, ``--config.env``, ``--config.user``, ``--config.entrypoint`` and
+``--config.cmd``), as a build tool would write it; the process runs as that user, uid 1000.
+Everything the test does to the store goes through the ``layerfs`` command; runc runs the
+bundles.
 """
 
 from __future__ import annotations
@@ -86,9 +87,13 @@ def _sh(*argv: str | Path) -> None:
 
 
 @contextmanager
-def _bundle(root: Path, container: str, bundle: Path, script: str) -> Iterator[None]:
-    """``layerfs bundle`` (the container mounted at bundle/rootfs), unmounted at the end."""
-    result = run_layerfs("bundle", "--root", root, container, bundle, "--", "/bin/sh", "-c", script)
+def _bundle(root: Path, container: str, bundle: Path, script: str | None) -> Iterator[None]:
+    """``layerfs bundle`` (the container mounted at bundle/rootfs), unmounted at the end.
+
+    The process runs *script*, or the image's Entrypoint and Cmd when it is None.
+    """
+    command = ("--", "/bin/sh", "-c", script) if script is not None else ()
+    result = run_layerfs("bundle", "--root", root, container, bundle, *command)
     assert result.returncode == 0, result.stderr
     try:
         yield
@@ -129,7 +134,8 @@ def test_volumes_outlive_the_container(tmp_path: Path) -> None:
     write_oci_layout(src, [Image("app:1", [_image_layer()])])
     _sh("umoci", "config", "--image", f"{src}:app:1", "--config.volume", "/cache",
         "--config.workingdir", "/work", "--config.env", "APP=from-the-image",
-        "--config.user", "1000:1000")  # fmt: skip
+        "--config.user", "1000:1000", "--config.entrypoint", "/bin/sh",
+        "--config.cmd=-c", f"--config.cmd={SECOND}")  # fmt: skip
     _sh("umoci", "unpack", "--image", f"{src}:app:1", tmp_path / "umoci")
     root = tmp_path / "store"
     host = tmp_path / "host"
@@ -189,7 +195,7 @@ def test_volumes_outlive_the_container(tmp_path: Path) -> None:
     assert _layerfs("rm", "--root", root, "first") == "first\n"
     assert set(_volumes(root)) == {"named", anon} and _volumes(root)[anon]["containers"] == []
     _layerfs("create", "--root", root, "--name", "second", "-v", "named:/named", "app:1")
-    with _bundle(root, "second", tmp_path / "b2", SECOND):
+    with _bundle(root, "second", tmp_path / "b2", None):  # the image's Entrypoint + Cmd
         assert _runc(tmp_path / "b2") == "named-data\nseed\n"
 
     # rm -v takes the second container's anonymous volume; prune the first's; then named
