@@ -46,12 +46,12 @@ echo "$APP" > /named/env
 echo named-data > /named/file
 echo cache-data > /cache/new
 cat /cache/seed > /named/seed-seen
-echo layer-data > /work/layer-file
+echo layer-data > /app/layer-file
 cat /hostro/in
 if echo x > /hostro/out 2>/dev/null; then echo WRITABLE; fi
 """
 SECOND = """cat /named/file
-test -e /work/layer-file && echo OLD-LAYER
+test -e /app/layer-file && echo OLD-LAYER
 test -e /cache/new && echo OLD-CACHE
 cat /cache/seed
 """
@@ -72,7 +72,7 @@ def _image_layer() -> list[E]:
         E("cache/sub", "dir", mode=0o700, uid=1000, gid=1000),
         E("cache/sub/deep", data=b"deep\n", mode=0o600, uid=1000, gid=1000),
         E("named", "dir", uid=1000, gid=1000),
-        E("work", "dir", uid=1000, gid=1000),
+        E("app", "dir", uid=1000, gid=1000),
     ]  # fmt: skip
 
 
@@ -133,7 +133,7 @@ def test_volumes_outlive_the_container(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_oci_layout(src, [Image("app:1", [_image_layer()])])
     _sh("umoci", "config", "--image", f"{src}:app:1", "--config.volume", "/cache",
-        "--config.workingdir", "/work", "--config.env", "APP=from-the-image",
+        "--config.workingdir", "/app", "--config.env", "APP=from-the-image",
         "--config.user", "1000:1000", "--config.entrypoint", "/bin/sh",
         "--config.cmd=-c", f"--config.cmd={SECOND}")  # fmt: skip
     _sh("umoci", "unpack", "--image", f"{src}:app:1", tmp_path / "umoci")
@@ -164,24 +164,24 @@ def test_volumes_outlive_the_container(tmp_path: Path) -> None:
     with _bundle(root, "first", tmp_path / "b1", FIRST):
         assert _runc(tmp_path / "b1") == "from the host\n"  # and /hostro was read-only
     assert (named_data / "file").read_text() == "named-data\n"
-    assert (named_data / "cwd").read_text() == "/work\n"  # WorkingDir, Env, User: the image's
+    assert (named_data / "cwd").read_text() == "/app\n"  # WorkingDir, Env, User: the image's
     assert (named_data / "file").stat().st_uid == 1000
     assert (named_data / "env").read_text() == "from-the-image\n"
     assert (named_data / "seed-seen").read_text() == "seed\n"
     assert (anon_data / "new").read_text() == "cache-data\n"
     assert not (host / "out").exists()
     upper = Store.open(root).container("first").upper
-    assert (upper / "work" / "layer-file").read_text() == "layer-data\n"
+    assert (upper / "app" / "layer-file").read_text() == "layer-data\n"
     assert not (upper / "named" / "file").exists() and not (upper / "cache" / "new").exists()
 
     # diff and commit of the first container hold none of the volume paths
     volume_paths = ("/named", "/cache", "/hostro")
     diff = _layerfs("diff", "--root", root, "first").splitlines()
-    assert "A /work/layer-file" in diff
+    assert "A /app/layer-file" in diff
     assert not [line for line in diff if line[2:].startswith(volume_paths)], diff
     _layerfs("commit", "--root", root, "first", "app:2")
     names = _top_layer_names(root, "app:2")
-    assert "work/layer-file" in names
+    assert "app/layer-file" in names
     assert not [n for n in names if ("/" + n).startswith(volume_paths)], names
 
     # a volume in use cannot be removed: one line, exit 1, nothing removed
