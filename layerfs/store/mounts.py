@@ -255,12 +255,18 @@ def _plan_one(view: Stack | None, request: MountRequest) -> Mount:
         except OSError as exc:
             raise ConfigError(f"bind source {request.source}: {exc.strerror}") from exc
     if found is not None and stat.S_ISDIR(found.mode) != source_is_dir:
-        what = "a directory" if stat.S_ISDIR(found.mode) else "not a directory"
-        raise ConfigError(f"volume target {request.target}: {path} is {what} in the image")
+        detail = f"{path} is {_kind(stat.S_ISDIR(found.mode))} in the image"
+        if request.kind is MountKind.BIND:
+            detail += f", but the bind source {request.source} is {_kind(source_is_dir)}"
+        raise ConfigError(f"volume target {request.target}: {detail}")
     anonymous = request.kind is MountKind.VOLUME and request.source is None
     source = secrets.token_hex(ANONYMOUS_NAME_BYTES) if anonymous else request.source
     assert source is not None
     return Mount(request.kind, source, request.target, path, request.readonly, anonymous)
+
+
+def _kind(is_dir: bool) -> str:
+    return "a directory" if is_dir else "not a directory"
 
 
 def _check_unique(mounts: Sequence[Mount]) -> None:
@@ -270,8 +276,3 @@ def _check_unique(mounts: Sequence[Mount]) -> None:
             raise ConfigError(
                 f"volume targets {other.target} and {last.target} are the same path {last.path}"
             )
-
-
-def outside_mounts(paths: Iterable[str], mounts: Sequence[Mount]) -> list[str]:
-    """The in-image *paths* that no mount covers."""
-    return [p for p in paths if not any(m.covers(p) for m in mounts)]

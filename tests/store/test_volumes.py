@@ -237,6 +237,21 @@ def test_bad_input_creates_nothing(store: Store, specs: list[str], error: str) -
     assert _state(store) == before
 
 
+def test_bind_sources_match_the_image(store: Store, tmp_path: Path) -> None:
+    host_file = tmp_path / "hosts"
+    host_file.write_text("127.0.0.1 localhost\n")
+    before = _state(store)
+    with pytest.raises(ConfigError, match=r"bind source .* is not a directory"):
+        store.create_container("vol:1", volumes=[f"{host_file}:/etc"])
+    with pytest.raises(ConfigError, match=r"bind source .* is a directory"):
+        store.create_container("vol:1", volumes=[f"{tmp_path}:/file"])
+    assert _state(store) == before
+    box = store.create_container("vol:1", volumes=[f"{host_file}:/file", f"{host_file}:/etc/x"])
+    assert [(m.kind, m.path) for m in box.mounts[:2]] == [
+        (MountKind.BIND, "/file"), (MountKind.BIND, "/etc/x")
+    ]  # fmt: skip
+
+
 def test_a_bad_name_after_good_volumes_creates_nothing(store: Store) -> None:
     store.create_container("plain:1", "taken")
     before = _state(store)
