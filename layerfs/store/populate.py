@@ -12,6 +12,7 @@ pass a symlink the copy made.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerfs import hostfs
+from layerfs.errors import oserror
 from layerfs.node import Node
 from layerfs.stack import Stack
 from layerfs.types import Stat
 
 log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -47,8 +50,9 @@ def copy_tree(
 ) -> None:
     """Copy the directory *path* of *view* (symlink-free) into the new directory *dest*.
 
-    *dest* must not exist; its parent must. It gets the metadata of *path* itself. Files and
-    directories are fsynced, so the copy is durable once this returns. *advance* is called
+    *dest* must not exist; its parent must. It gets the metadata of *path* itself. The copy is
+    durable once this returns: one ``syncfs(2)`` of *dest*'s filesystem at the end, which
+    costs a fraction of an ``fsync`` per file (thousands of journal commits). *advance* is called
     with the number of data bytes of each file copied. Raises ``OSError`` and cleans nothing
     up: the caller copies into a staging directory and throws it away on failure.
     """
@@ -60,7 +64,7 @@ def copy_tree(
         copy = _Copy(view, root_fd, advance)
         _copy_children(copy, node, root_fd, "")
         _set_metadata(copy, node, st, root_fd, ".")
-        os.fsync(root_fd)
+        _syncfs(root_fd)
     finally:
         os.close(root_fd)
 
@@ -83,7 +87,6 @@ def _copy_one(copy: _Copy, node: Node, st: Stat, dir_fd: int, name: str, rel: st
         try:
             _copy_children(copy, node, sub, rel + "/")
             _set_metadata(copy, node, st, dir_fd, name)
-            os.fsync(sub)
         finally:
             os.close(sub)
         return
@@ -109,10 +112,14 @@ def _copy_file(copy: _Copy, node: Node, st: Stat, dir_fd: int, name: str) -> Non
         with copy.view.open_node(node, os.O_RDONLY) as src:
             hostfs.copy_data(src.fileno(), out, st.size)
         _set_metadata(copy, node, st, dir_fd, name)
-        os.fsync(out)
         copy.advance(st.size)
     finally:
         os.close(out)
+
+
+def _syncfs(fd: int) -> None:
+    if _libc.syncfs(fd) != 0:
+        raise oserror(ctypes.get_errno())
 
 
 def _set_metadata(copy: _Copy, node: Node, st: Stat, dir_fd: int, name: str) -> None:
