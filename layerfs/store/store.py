@@ -513,12 +513,12 @@ class Store:
         volumes are created on first use, and an empty volume no container uses yet starts as
         a copy of the image's content at its path. Bad input raises before anything is made.
         """
+        requests = [MountRequest.parse(v) if isinstance(v, str) else v for v in volumes]
         with self.writing():
-            image = self.resolve(image_ref)
-            lowers = self.layer_dirs(image, progress)
-            requests = [MountRequest.parse(v) if isinstance(v, str) else v for v in volumes]
             if name is not None:
                 self._containers.check_name(name)
+            image = self.resolve(image_ref)
+            lowers = self.layer_dirs(image, progress)
             with image_view(lowers) as view:
                 mounts = plan_mounts(view, requests, image_volumes(image.config))
                 created = self.volumes.attach(mounts, view, progress)
