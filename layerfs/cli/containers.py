@@ -6,6 +6,7 @@ CONTAINER MNT`` mounts it. These commands only manage the store side.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -27,12 +28,25 @@ _KIND_LETTER = {"ADDED": "A", "CHANGED": "C", "DELETED": "D"}
 @click.command("create")
 @root_option
 @click.option("--name", default=None, help="Container name (default: c-<short id>).")
+@click.option(
+    "--volume",
+    "-v",
+    "volumes",
+    multiple=True,
+    metavar="SPEC",
+    help="NAME:/path[:ro] a named volume (made on first use), /host/path:/path[:ro] a bind "
+    "mount, /path a new anonymous volume. Repeatable.",
+)
 @click.argument("image")
-def create_cmd(root: str | None, name: str | None, image: str) -> None:
-    """Create a container over IMAGE and print its id."""
+def create_cmd(root: str | None, name: str | None, volumes: tuple[str, ...], image: str) -> None:
+    """Create a container over IMAGE and print its id.
+
+    The image config's Volumes become anonymous volumes. A new, empty volume starts as a copy
+    of what the image holds at its path.
+    """
     store = open_store(root)
     with progress_bar() as progress:
-        container = store.create_container(image, name, progress)
+        container = store.create_container(image, name, progress, volumes=volumes)
     click.echo(container.id)
 
 
@@ -54,12 +68,13 @@ def ps_cmd(root: str | None, output: str) -> None:
 
 @click.command("rm")
 @root_option
+@click.option("--volumes", "-v", is_flag=True, help="Remove the containers' anonymous volumes too.")
 @click.argument("containers", nargs=-1, required=True, metavar="CONTAINER...")
-def rm_cmd(root: str | None, containers: tuple[str, ...]) -> None:
-    """Remove containers (their upper and workdir are deleted)."""
+def rm_cmd(root: str | None, volumes: bool, containers: tuple[str, ...]) -> None:
+    """Remove containers (their upper and workdir are deleted; volumes are kept)."""
     store = open_store(root)
     for name in containers:
-        click.echo(store.remove_container(name).name)
+        click.echo(store.remove_container(name, volumes=volumes).name)
 
 
 @click.command("diff")
@@ -102,8 +117,8 @@ def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple
     """Make DIRECTORY an OCI runtime bundle of CONTAINER (for runc run --bundle DIRECTORY).
 
     Writes DIRECTORY/config.json (the process is COMMAND, given after --, or the image's
-    Entrypoint and Cmd) and mounts the container read-write at DIRECTORY/rootfs through FUSE.
-    Unmount with: layerfs umount DIRECTORY/rootfs
+    Entrypoint and Cmd; the container's volumes are bind mounts) and mounts the container
+    read-write at DIRECTORY/rootfs through FUSE. Unmount with: layerfs umount DIRECTORY/rootfs
     """
     from layerfs.cli.mount import mount_stack
     from layerfs.options import stack_option_items
@@ -113,7 +128,10 @@ def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple
     config = store.runtime_config(box, list(command) or None)
     lowers, upper, work = store.mount_spec(box.id)
     write_config(directory, config)
-    mount_stack(stack_option_items(lowers, upper, work), directory / "rootfs")
+    items = stack_option_items(lowers, upper, work)
+    if config["process"]["user"]["uid"] != os.geteuid():
+        items.append("allow_other")  # FUSE serves only the mounting user otherwise
+    mount_stack(items, directory / "rootfs")
     click.echo(directory)
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "layerfs.cli.layer",
     "layerfs.cli.images",
     "layerfs.cli.containers",
+    "layerfs.cli.volumes",
     "layerfs.cli.registry",
 )
 

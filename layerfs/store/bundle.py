@@ -3,9 +3,10 @@
 A bundle is a directory holding ``config.json`` and the root filesystem at ``rootfs/``; for
 a layerfs container the root filesystem is the container mounted there (``layerfs bundle``).
 The process comes from the image config (``Entrypoint`` + ``Cmd``, ``Env``, ``WorkingDir``,
-a numeric ``User``) unless a command is given; the rest are the conventional defaults of the
-OCI runtime specification for a Linux container: new pid, network, ipc, uts and mount
-namespaces, the usual pseudo-filesystems, a small capability set and masked ``/proc`` paths.
+a numeric ``User``) unless a command is given; the container's volumes and bind mounts become
+``bind`` mounts (``ro`` honoured); the rest are the conventional defaults of the OCI runtime
+specification for a Linux container: new pid, network, ipc, uts and mount namespaces, the
+usual pseudo-filesystems, a small capability set and masked ``/proc`` paths.
 """
 
 from __future__ import annotations
@@ -87,16 +88,36 @@ def _user(text: str) -> tuple[int, int]:
     return int(uid), int(gid or uid)
 
 
+def bind_mounts(binds: Sequence[tuple[str, Path, bool]]) -> list[dict[str, Any]]:
+    """Runtime bind mounts for ``(destination, host source, readonly)``, parents first.
+
+    A runtime mounts in the order given, so a mount inside another one's path comes after it.
+    """
+    ordered = sorted(binds, key=lambda b: b[0].count("/"))
+    return [
+        _mount(dest, "bind", str(source), ["rbind", "ro" if readonly else "rw"])
+        for dest, source, readonly in ordered
+    ]
+
+
 def runtime_config(
-    image_config: Mapping[str, Any], *, command: Sequence[str] | None, hostname: str
+    image_config: Mapping[str, Any],
+    *,
+    command: Sequence[str] | None,
+    hostname: str,
+    binds: Sequence[tuple[str, Path, bool]] = (),
 ) -> dict[str, Any]:
-    """A complete OCI runtime ``config.json`` for a bundle whose root is ``rootfs/``."""
+    """A complete OCI runtime ``config.json`` for a bundle whose root is ``rootfs/``.
+
+    *binds* (``(destination, host source, readonly)``: the container's volumes and bind
+    mounts) follow the standard mounts, see :func:`bind_mounts`.
+    """
     return {
         "ociVersion": OCI_RUNTIME_VERSION,
         "process": process_of(image_config, command),
         "root": {"path": "rootfs", "readonly": False},
         "hostname": hostname,
-        "mounts": [dict(m) for m in MOUNTS],
+        "mounts": [dict(m) for m in MOUNTS] + bind_mounts(binds),
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": list(MASKED_PATHS),

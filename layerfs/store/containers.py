@@ -4,7 +4,9 @@ Each container is ``containers/<id>/`` holding ``upper/``, ``work/`` and ``conta
 It is built in ``tmp/`` and renamed into place, and removed by renaming it back into ``tmp/``
 before deleting, so a crash never leaves a half-made or half-deleted container under its name.
 ``container.json`` records the image's manifest digest and ``diff_ids``: gc keeps every blob
-and unpacked layer a container needs even after its image lost all its tags.
+and unpacked layer a container needs even after its image lost all its tags. It also records
+the container's mounts (:mod:`layerfs.store.mounts`): the volumes and bind mounts a runtime
+mounts over its root, which is how a volume knows the containers that use it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from typing import Any
 from layerfs.errors import BadReferenceError, NotFoundError, StoreError
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.images import now_rfc3339
+from layerfs.store.layout import remove_dir
+from layerfs.store.mounts import Mount
 from layerfs.types import Digest
 
 CONTAINER_JSON = "container.json"
@@ -43,6 +46,7 @@ class Container:
     diff_ids: tuple[Digest, ...]
     created: str
     path: Path
+    mounts: tuple[Mount, ...] = ()
 
     @property
     def short_id(self) -> str:
@@ -64,6 +68,7 @@ class Container:
             "image_ref": self.image_ref,
             "diff_ids": list(self.diff_ids),
             "created": self.created,
+            "mounts": [m.to_json() for m in self.mounts],
         }
 
     @classmethod
@@ -77,6 +82,7 @@ class Container:
                 diff_ids=tuple(Digest(str(d)) for d in obj["diff_ids"]),
                 created=str(obj["created"]),
                 path=path,
+                mounts=tuple(Mount.from_json(m) for m in obj.get("mounts") or ()),
             )
         except (KeyError, TypeError) as exc:
             raise StoreError(f"{path / CONTAINER_JSON}: malformed ({exc})") from exc
@@ -115,24 +121,40 @@ class ContainerStore:
                 raise StoreError(f"container id prefix {name_or_id!r} is ambiguous")
         raise NotFoundError(f"no such container: {name_or_id}")
 
+    def check_name(self, name: str) -> None:
+        """Raise unless *name* is a valid container name that no container has."""
+        if not NAME_RE.match(name):
+            raise BadReferenceError(f"invalid container name {name!r}")
+        if any(c.name == name for c in self.list()):
+            raise StoreError(f"container name {name!r} is already in use")
+
     def create(
-        self, image: Digest, image_ref: str | None, diff_ids: Sequence[Digest], name: str | None
+        self,
+        image: Digest,
+        image_ref: str | None,
+        diff_ids: Sequence[Digest],
+        name: str | None,
+        mounts: Sequence[Mount] = (),
     ) -> Container:
         """Make a container's directories and record, appearing under ``containers/`` whole."""
         container_id = secrets.token_hex(ID_BYTES)
         if name is None:
             name = f"c-{container_id[:SHORT_ID_LEN]}"
-        if not NAME_RE.match(name):
-            raise BadReferenceError(f"invalid container name {name!r}")
-        if any(c.name == name for c in self.list()):
-            raise StoreError(f"container name {name!r} is already in use")
+        self.check_name(name)
         staging = Path(tempfile.mkdtemp(prefix="container-", dir=self.tmp_dir))
         os.chmod(staging, 0o700)
         (staging / "upper").mkdir(mode=0o755)
         (staging / "work").mkdir(mode=0o700)
         final = self.dir / container_id
         container = Container(
-            container_id, name, image, image_ref, tuple(diff_ids), now_rfc3339(), final
+            container_id,
+            name,
+            image,
+            image_ref,
+            tuple(diff_ids),
+            now_rfc3339(),
+            final,
+            tuple(mounts),
         )
         record = staging / CONTAINER_JSON
         record.write_text(json.dumps(container.to_json(), indent=2) + "\n")
@@ -145,10 +167,7 @@ class ContainerStore:
 
     def remove(self, container: Container) -> None:
         """Delete a container: renamed out of ``containers/`` first, then removed from ``tmp/``."""
-        trash = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp_dir)) / container.id
-        os.rename(container.path, trash)
-        fsync_dir(self.dir)
-        shutil.rmtree(trash.parent)
+        remove_dir(container.path, self.tmp_dir)
 
     def _load(self, path: Path) -> Container:
         try:

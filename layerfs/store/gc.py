@@ -6,7 +6,9 @@ From each root the walk marks the manifest, its config and its layer blobs, and 
 ``diff_ids`` are marked even if its image's blobs are gone, so gc **never** deletes a layer a
 container stacks on. Everything unmarked under ``blobs/sha256`` and ``layers/`` is removed;
 layer directories are first renamed into ``tmp/`` so a crash mid-delete cannot leave a
-partially deleted layer under its real name. Call with the store's write lock held.
+partially deleted layer under its real name. Volumes (``volumes/``) are no concern of gc: it
+never deletes one; ``Store.volumes.prune`` deletes those no container names. Call with the
+store's write lock held.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from pathlib import Path
 from layerfs.errors import LayerfsError
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.containers import Container
-from layerfs.store.layout import ImageLayout
+from layerfs.store.layout import ImageLayout, remove_dir
 from layerfs.store.oci import (
     INDEX_TYPES,
     OCI_MANIFEST,
@@ -104,7 +104,7 @@ def collect(layout: ImageLayout, containers: Iterable[Container]) -> GcResult:
         fsync_dir(layout.blobs.dir)
     removed_layers = [d for d in _layer_ids(layout.layers_dir) if d not in keep_layers]
     for diff_id in removed_layers:
-        _remove_layer_dir(layout, layout.layer_dir(diff_id))
+        remove_dir(layout.layer_dir(diff_id), layout.tmp_dir)
     if removed_blobs or removed_layers:
         log.info("gc: removed %d blobs, %d layers", len(removed_blobs), len(removed_layers))
     return GcResult(tuple(removed_blobs), tuple(removed_layers), freed)
@@ -120,10 +120,3 @@ def _layer_ids(layers_dir: Path) -> list[Digest]:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
-
-
-def _remove_layer_dir(layout: ImageLayout, path: Path) -> None:
-    trash = Path(tempfile.mkdtemp(prefix="gc-", dir=layout.tmp_dir))
-    os.rename(path, trash / path.name)
-    fsync_dir(path.parent)
-    shutil.rmtree(trash)

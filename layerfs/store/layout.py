@@ -8,6 +8,7 @@
       blobs/sha256/<hex>    manifests, configs, compressed layers
       layers/<hex>/         each layer unpacked once, named by its diff_id, overlayfs lower format
       containers/<id>/      upper/, work/, container.json
+      volumes/<name>/       volume.json, data/ (what the container sees at the volume's path)
       tmp/                  staging on the same filesystem; swept when the store is opened
       lock                  fcntl.flock: held exclusively by every writer
 
@@ -21,10 +22,11 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from layerfs.errors import StoreError
-from layerfs.store.blobs import BlobStore, atomic_file
+from layerfs.store.blobs import BlobStore, atomic_file, fsync_dir
 from layerfs.store.oci import OCI_LAYOUT_VERSION, Index
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -39,6 +41,7 @@ class ImageLayout:
         self.blobs_dir = root / "blobs"
         self.layers_dir = root / "layers"
         self.containers_dir = root / "containers"
+        self.volumes_dir = root / "volumes"
         self.tmp_dir = root / "tmp"
         self.lock_file = root / "lock"
         self.index_file = root / INDEX_FILE
@@ -46,7 +49,8 @@ class ImageLayout:
 
     def ensure(self) -> None:
         """Create whatever part of the layout is missing; refuse a foreign layout version."""
-        for path in (self.blobs.dir, self.layers_dir, self.containers_dir, self.tmp_dir):
+        dirs = (self.blobs.dir, self.layers_dir, self.containers_dir, self.volumes_dir)
+        for path in (*dirs, self.tmp_dir):
             path.mkdir(parents=True, exist_ok=True)
         marker = self.root / OCI_LAYOUT_FILE
         if marker.exists():
@@ -88,6 +92,15 @@ class ImageLayout:
     def _write_atomic(self, target: Path, text: str) -> None:
         with atomic_file(target, self.tmp_dir) as out:
             out.write(text.encode())
+
+
+def remove_dir(path: Path, tmp_dir: Path) -> None:
+    """Delete the directory *path*: renamed into *tmp_dir* first, so that a crash never leaves
+    it half-deleted under its name (the next sweep of ``tmp/`` finishes the job)."""
+    trash = Path(tempfile.mkdtemp(prefix="rm-", dir=tmp_dir))
+    os.rename(path, trash / path.name)
+    fsync_dir(path.parent)
+    shutil.rmtree(trash)
 
 
 def check_layout_marker(root: Path) -> None:

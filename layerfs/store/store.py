@@ -39,6 +39,7 @@ from layerfs.store.images import (
 )
 from layerfs.store.layout import ImageLayout
 from layerfs.store.lock import StoreLock
+from layerfs.store.mounts import MountRequest, image_view, image_volumes, plan_mounts
 from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
 from layerfs.store.progress import NoProgress, Progress
 from layerfs.store.refs import (
@@ -48,6 +49,7 @@ from layerfs.store.refs import (
     short_id_prefix,
 )
 from layerfs.store.sources import open_source
+from layerfs.store.volumes import VolumeDir, Volumes
 from layerfs.tar import (
     ApplyMode,
     ApplyOptions,
@@ -120,6 +122,8 @@ class Store:
         self.blobs = self.layout.blobs
         self._containers = ContainerStore(self.layout.containers_dir, self.layout.tmp_dir)
         self._lock = StoreLock(self.layout.lock_file)
+        volume_dir = VolumeDir(self.layout.volumes_dir, self.layout.tmp_dir)
+        self.volumes = Volumes(volume_dir, self._containers.list, self.writing)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None) -> Store:
@@ -402,7 +406,11 @@ class Store:
         return Descriptor(manifest.media_type, info.digest, info.size)
 
     def _write_layer(
-        self, upper: Path, lowers: Sequence[Path], compression: Compression, progress: Progress
+        self,
+        upper: Path,
+        lowers: Sequence[Path],
+        options: CreateOptions,
+        progress: Progress,
     ) -> tuple[Descriptor, Digest]:
         fd, name = tempfile.mkstemp(prefix="new-layer-", dir=self.layout.tmp_dir)
         path = Path(name)
@@ -412,7 +420,7 @@ class Store:
                     upper,
                     out,
                     lowers=tuple(lowers),
-                    options=CreateOptions(compression=compression, level=ZSTD_LEVEL),
+                    options=options,
                     progress=progress.advance,
                 )
                 out.flush()
@@ -435,7 +443,8 @@ class Store:
         """A new image: the container's image plus one layer made from its upper, tagged *new_ref*.
 
         The config gets the layer's diff_id appended to ``rootfs.diff_ids`` and a history
-        entry (``comment`` = *message*). Commit a container that is not being written to.
+        entry (``comment`` = *message*). The container's mount paths are left out of the
+        layer. Commit a container that is not being written to.
         """
         report = progress or NoProgress()
         with self.writing():
@@ -444,7 +453,12 @@ class Store:
             base = self._image(box.image)
             lowers = self.layer_dirs(base, report)
             report.phase(f"committing {box.name}", None)
-            layer, diff_id = self._write_layer(box.upper, lowers, compression, report)
+            options = CreateOptions(
+                compression=compression,
+                level=ZSTD_LEVEL,
+                exclude=frozenset(m.path for m in box.mounts),
+            )
+            layer, diff_id = self._write_layer(box.upper, lowers, options, report)
             config = config_with_layer(
                 base.config, diff_id, created_by=f"layerfs commit {box.name}", comment=message
             )
@@ -467,7 +481,8 @@ class Store:
             with self._staging("squash-") as staging:
                 base = self.unpack(ref, staging / "rootfs", report)
                 report.phase(f"squashing {base.short_id}", None)
-                layer, diff_id = self._write_layer(staging / "rootfs", (), compression, report)
+                options = CreateOptions(compression=compression, level=ZSTD_LEVEL)
+                layer, diff_id = self._write_layer(staging / "rootfs", (), options, report)
             config = config_squashed(base.config, diff_id, created_by=f"layerfs squash {ref}")
             desc = self._store_image(base, config, [layer])
             self._set_tag(desc, tagged)
@@ -484,37 +499,73 @@ class Store:
         return self._containers.get(name_or_id)
 
     def create_container(
-        self, image_ref: str | Reference, name: str | None = None, progress: Progress | None = None
+        self,
+        image_ref: str | Reference,
+        name: str | None = None,
+        progress: Progress | None = None,
+        *,
+        volumes: Sequence[str | MountRequest] = (),
     ) -> Container:
-        """A new container over the image: empty upper and workdir, its layers unpacked."""
-        with self.writing():
-            image = self.resolve(image_ref)
-            self.layer_dirs(image, progress)
-            return self._containers.create(
-                image.digest, _display_name(image, image_ref), image.diff_ids, name
-            )
+        """A new container over the image: empty upper and workdir, its layers unpacked.
 
-    def remove_container(self, name_or_id: str) -> Container:
-        """Delete a container's upper, workdir and record; then gc what only it kept."""
+        *volumes* are ``-v`` specs or :class:`MountRequest` objects; the image config's
+        ``Volumes`` add anonymous volumes (:func:`~layerfs.store.mounts.plan_mounts`). Named
+        volumes are created on first use, and an empty volume no container uses yet starts as
+        a copy of the image's content at its path. Bad input raises before anything is made.
+        """
+        requests = [MountRequest.parse(v) if isinstance(v, str) else v for v in volumes]
+        with self.writing():
+            if name is not None:
+                self._containers.check_name(name)
+            image = self.resolve(image_ref)
+            lowers = self.layer_dirs(image, progress)
+            with image_view(lowers) as view:
+                mounts = plan_mounts(view, requests, image_volumes(image.config))
+                created = self.volumes.attach(mounts, view, progress)
+            try:
+                return self._containers.create(
+                    image.digest, _display_name(image, image_ref), image.diff_ids, name, mounts
+                )
+            except BaseException:
+                self.volumes.discard(created)
+                raise
+
+    def remove_container(self, name_or_id: str, *, volumes: bool = False) -> Container:
+        """Delete a container's upper, workdir and record; then gc what only it kept.
+
+        Its volumes are kept, unless *volumes*: then its anonymous volumes that no other
+        container uses are deleted too (``rm -v``).
+        """
         with self.writing():
             box = self.container(name_or_id)
             self._containers.remove(box)
+            if volumes:
+                self.volumes.release(box)
             self.gc()
             return box
 
     def diff(self, container: str | Container) -> list[Change]:
-        """What the container changed relative to its image (added, changed, deleted paths)."""
+        """What the container changed relative to its image (added, changed, deleted paths).
+
+        Paths at or below the container's mounts are left out: writes there reach the volume
+        or the host, not the container's upper.
+        """
         box = container if isinstance(container, Container) else self.container(container)
         lowers = self.layer_dirs(self._image(box.image))
-        return diff_changes(box.upper, lowers)
+        changes = diff_changes(box.upper, lowers)
+        return [c for c in changes if not any(m.covers(c.path) for m in box.mounts)]
 
     def runtime_config(
         self, container: str | Container, command: Sequence[str] | None = None
     ) -> dict[str, Any]:
-        """An OCI runtime ``config.json`` for the container (see :mod:`layerfs.store.bundle`)."""
+        """An OCI runtime ``config.json`` for the container (see :mod:`layerfs.store.bundle`).
+
+        Its volumes and bind mounts are bind mounts of the config, parents before children.
+        """
         box = container if isinstance(container, Container) else self.container(container)
         image = self._image(box.image)
-        return bundle.runtime_config(image.config, command=command, hostname=box.name)
+        binds = [(m.path, self.volumes.source(m), m.readonly) for m in box.mounts]
+        return bundle.runtime_config(image.config, command=command, hostname=box.name, binds=binds)
 
     def mount_spec(self, name: str) -> MountSpec:
         """Lowers/upper/work for a container (by name or id) or, failing that, an image ref."""

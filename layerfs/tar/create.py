@@ -52,11 +52,15 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class CreateOptions:
-    """Compression of the blob; ``threads=0`` means every core (zstd only)."""
+    """Compression of the blob; ``threads=0`` means every core (zstd only).
+
+    *exclude*: absolute in-layer paths (``/srv/data``) left out, with everything below them.
+    """
 
     compression: Compression = Compression.ZSTD
     level: int = 3
     threads: int = 0
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def create_layer(
             root = hostfs.open_root(upper)
             try:
                 with LowerView(lowers) as lower_view:
-                    _Walker(tar, lower_view).walk(root, "")
+                    _Walker(tar, lower_view, options.exclude).walk(root, "")
             finally:
                 os.close(root)
             tar.finish()
@@ -209,10 +213,11 @@ def _marker(path: str) -> tarfile.TarInfo:
 class _Walker:
     """Depth-first, sorted walk of the upper that writes one entry per object."""
 
-    def __init__(self, tar: _TarOut, lowers: LowerView) -> None:
+    def __init__(self, tar: _TarOut, lowers: LowerView, exclude: frozenset[str]) -> None:
         self._tar = tar
         self._lowers = lowers
         self._links: dict[tuple[int, int], str] = {}
+        self._exclude = {path.strip("/") for path in exclude}
 
     def _emit(self, info: tarfile.TarInfo, xattrs: dict[str, bytes] | None = None) -> None:
         if xattrs:
@@ -238,6 +243,8 @@ class _Walker:
             if name not in {n for n, _ in scan.children}
         ]
         for _, name, st in sorted(items, key=lambda item: item[0]):
+            if self._exclude and _join(path, name) in self._exclude:
+                continue
             if st is None:
                 self._emit(_marker(_join(path, whiteout_file_name(name))))
             else:

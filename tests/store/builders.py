@@ -25,7 +25,8 @@ LAYER_TYPES = {
 @dataclass(frozen=True)
 class E:
     """One tar entry: a file (``data``), ``dir``, ``symlink`` (``target``), ``whiteout``,
-    ``opaque`` (marks the directory ``path`` opaque) or ``hardlink`` (``target``)."""
+    ``opaque`` (marks the directory ``path`` opaque), ``hardlink`` (``target``) or ``fifo``;
+    ``xattrs`` go into PAX ``SCHILY.xattr.*`` records."""
 
     path: str
     kind: str = "file"
@@ -34,6 +35,8 @@ class E:
     mode: int = 0o644
     uid: int = 0
     gid: int = 0
+    mtime: int = 1_700_000_000
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Image:
     layers: list[list[E]]
     compression: str = "gzip"
     env: list[str] = field(default_factory=lambda: ["PATH=/bin"])
+    settings: dict[str, object] = field(default_factory=dict)  # more of the config's "config"
 
 
 def sha(data: bytes) -> str:
@@ -55,7 +59,11 @@ def layer_tar(entries: list[E]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for e in entries:
             info = tarfile.TarInfo(e.path)
-            info.mode, info.uid, info.gid, info.mtime = e.mode, e.uid, e.gid, 1_700_000_000
+            info.mode, info.uid, info.gid, info.mtime = e.mode, e.uid, e.gid, e.mtime
+            if e.xattrs:
+                info.pax_headers = {
+                    f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in e.xattrs
+                }
             data = None
             if e.kind == "file":
                 info.size, data = len(e.data), io.BytesIO(e.data)
@@ -65,6 +73,8 @@ def layer_tar(entries: list[E]) -> bytes:
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, e.target, 0o777
             elif e.kind == "hardlink":
                 info.type, info.linkname = tarfile.LNKTYPE, e.target
+            elif e.kind == "fifo":
+                info.type = tarfile.FIFOTYPE
             elif e.kind == "whiteout":
                 head, _, name = e.path.rpartition("/")
                 info.name = f"{head}/.wh.{name}" if head else f".wh.{name}"
@@ -87,7 +97,7 @@ def _config(image: Image, diff_ids: list[str]) -> bytes:
         "created": "2024-01-01T00:00:00Z",
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": image.env},
+        "config": {"Env": image.env, **image.settings},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "builder"}] * len(diff_ids),
     }

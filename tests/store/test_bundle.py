@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from layerfs.store.bundle import runtime_config
 from layerfs.store.store import Store
 
 from .builders import E, Image, write_oci_layout
-
-REPO = Path(__file__).resolve().parents[2]
+from .helpers import run_layerfs
 
 
 def test_process_from_image_config() -> None:
@@ -55,19 +53,6 @@ def test_process_defaults_and_refusals() -> None:
         runtime_config({"config": {"User": "nobody"}}, command=["x"], hostname="h")
 
 
-def _layerfs(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = "from layerfs.cli.main import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.root
 @pytest.mark.fuse
 @pytest.mark.interop
@@ -90,7 +75,7 @@ def test_runc_runs_a_bundle(tmp_path: Path) -> None:
     store.import_path(tmp_path / "src")
     store.create_container("bb:1", name="box")
     bundle = tmp_path / "bundle"
-    result = _layerfs(
+    result = run_layerfs(
         "bundle", "--root", root, "box", bundle, "--",
         "/bin/sh", "-c",
         "cat /etc/motd; echo written > /out; echo changed >> /etc/motd; rm /etc/gone",
@@ -109,7 +94,7 @@ def test_runc_runs_a_bundle(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         assert run.stdout == "from the image\n"
     finally:
-        done = _layerfs("umount", bundle / "rootfs")
+        done = run_layerfs("umount", bundle / "rootfs")
         if done.returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(bundle / "rootfs")], check=False)
     # the changes sit in the container's writable layer, and diff and commit see them

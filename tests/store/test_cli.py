@@ -28,7 +28,8 @@ def run(tmp_path: Path) -> Invoke:
     root = str(tmp_path / "store")
 
     def invoke(*args: str, ok: bool = True) -> str:
-        result = runner.invoke(cli, [args[0], "--root", root, *args[1:]], catch_exceptions=False)
+        command = args[0].split()  # "volume ls": a subcommand of a group
+        result = runner.invoke(cli, [*command, "--root", root, *args[1:]], catch_exceptions=False)
         assert (result.exit_code == 0) is ok, result.output
         return result.output
 
@@ -96,3 +97,52 @@ def test_container_commands(run: Invoke, tmp_path: Path) -> None:
     assert invoke("rm", "box") == "box\n"
     assert json.loads(invoke("ps", "--format", "json")) == []
     assert "no such container" in invoke("diff", "box", ok=False)
+
+
+@pytest.mark.parametrize("command", ["create", "ls", "inspect", "rm", "prune"])
+def test_volume_help(command: str) -> None:
+    result = CliRunner().invoke(cli, ["volume", command, "--help"])
+    assert result.exit_code == 0 and "--root" in result.output
+
+
+def test_volume_commands(run: Invoke, tmp_path: Path) -> None:
+    invoke = run
+
+    def volume(*args: str, ok: bool = True) -> str:
+        return invoke(f"volume {args[0]}", *args[1:], ok=ok)
+
+    volumes = {"Volumes": {"/var/cache": {}}}
+    write_oci_layout(tmp_path / "src", [Image("app:1", [BASE, TOP], settings=volumes)])
+    invoke("import", str(tmp_path / "src"))
+    assert volume("create", "db", "--label", "tier=gold", "--label", "x") == "db\n"
+    assert "already exists" in volume("create", "db", ok=False)
+    assert "invalid volume name" in volume("create", "b@d", ok=False)
+    assert "invalid label" in volume("create", "v2", "--label", "=x", ok=False)
+    invoke("create", "app:1", "--name", "box", "-v", "db:/srv/db:ro", "-v", "/data")
+    rows = {r["name"]: r for r in json.loads(volume("ls", "--format", "json"))}
+    assert rows["db"]["labels"] == {"tier": "gold", "x": ""}
+    assert rows["db"]["containers"] == ["box"] and not rows["db"]["anonymous"]
+    anonymous = sorted(name for name, row in rows.items() if row["anonymous"])
+    assert len(anonymous) == 2 and all(rows[n]["containers"] == ["box"] for n in anonymous)
+    table = volume("ls").splitlines()
+    assert table[0].split()[:2] == ["VOLUME", "NAME"] and len(table) == 4
+    assert sorted(volume("ls", "-q").split()) == sorted(rows)
+    (inspected,) = json.loads(volume("inspect", "db"))
+    assert inspected == rows["db"] and Path(inspected["path"]).is_dir()
+    mounts = json.loads(invoke("ps", "--format", "json"))[0]["mounts"]
+    assert [(m["source"], m["target"], m["readonly"]) for m in mounts[:1]] == [
+        ("db", "/srv/db", True)
+    ]
+    # one-line errors, nothing changed
+    out = volume("rm", "db", ok=False)
+    assert out == "layerfs: volume db is in use by container box\n"
+    out = invoke("create", "app:1", "-v", "db:relative", ok=False)
+    assert out == "layerfs: volume target 'relative' is not an absolute path\n"
+    assert "No such file" in invoke("create", "app:1", "-v", "/no/such/dir:/x", ok=False)
+    assert len(json.loads(invoke("ps", "--format", "json"))) == 1
+    assert volume("prune") == ""  # every volume is in use
+    assert invoke("rm", "-v", "box") == "box\n"
+    assert sorted(volume("ls", "-q").split()) == ["db"]
+    assert volume("prune") == ""  # named volumes only with --all
+    assert volume("prune", "--all") == "db\n"
+    assert volume("ls", "-q") == ""

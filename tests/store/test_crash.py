@@ -1,8 +1,10 @@
-"""Crash safety: a writer SIGKILLed mid-way leaves no partial blob and no half-unpacked layer.
+"""Crash safety: a writer SIGKILLed mid-way leaves no partial blob, no half-unpacked layer and
+no half-copied volume.
 
 The victim is a real subprocess reading a layer blob from a FIFO that the test feeds, so it is
 killed at a known point (inside the blob copy, or inside the layer unpack) without timing
-guesses: the test waits for the staging files to appear, bounded by a deadline.
+guesses: the test waits for the staging files to appear, bounded by a deadline. A victim that
+creates a container with volumes kills itself instead, from inside a wrapped store function.
 """
 
 from __future__ import annotations
@@ -137,3 +139,59 @@ def test_unpack_killed_mid_layer(tmp_path: Path) -> None:
     assert list(store.layout.tmp_dir.iterdir()) == []
     (layer,) = store.layer_dirs(store.resolve("big:1"))
     assert len(os.listdir(layer / "data")) == 40
+
+
+_KILL_AT = """
+import os, signal
+from layerfs.store import containers, populate
+from layerfs.store.store import Store
+
+def kill_after(module, name, calls):
+    real = getattr(module, name)
+    seen = []
+
+    def wrapper(*args, **kwargs):
+        seen.append(1)
+        if len(seen) > calls:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+"""
+
+
+def _create_killed(root: Path, patch: str) -> None:
+    """Run ``create_container`` with a named volume over /data in a victim that SIGKILLs
+    itself at the point *patch* sets up (no timing involved)."""
+    proc = _victim(
+        _KILL_AT + patch + f"\nStore.open({str(root)!r}).create_container("
+        "'big:1', 'box', volumes=['db:/data'])\n"
+    )
+    proc.wait(timeout=DEADLINE)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "patch",
+    [
+        "kill_after(populate, '_copy_file', 10)",  # in the middle of the first copy
+        "kill_after(containers.ContainerStore, 'create', 0)",  # after it, before the record
+    ],
+)
+def test_create_killed_leaves_volumes_empty_or_whole(tmp_path: Path, patch: str) -> None:
+    write_oci_layout(tmp_path / "src", [Image("big:1", [BIG], settings={"Volumes": {"/x": {}}})])
+    root = tmp_path / "store"
+    Store.open(root).import_path(tmp_path / "src")
+    _create_killed(root, patch)
+    store = Store.open(root)
+    assert list(store.layout.tmp_dir.iterdir()) == [], "open sweeps the staging copy"
+    assert store.containers() == []
+    whole = sorted(f"f{i:03}" for i in range(40))
+    for volume in store.volumes.list():
+        assert sorted(os.listdir(volume.data)) in ([], whole), volume.name
+    box = store.create_container("big:1", "box", volumes=["db:/data"])
+    assert sorted(os.listdir(store.volumes.get("db").data)) == whole
+    store.volumes.prune()  # what the killed create made for the image's /x, if it got there
+    assert {v.name for v in store.volumes.list()} == {"db", box.mounts[1].source}
