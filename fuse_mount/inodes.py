@@ -13,8 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import pyfuse3
-
 from layerfs.errors import oserror
 
 if TYPE_CHECKING:
@@ -22,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROOT_INODE = int(pyfuse3.ROOT_INODE)
+ROOT_INODE = 1  # FUSE_ROOT_ID: the kernel's number for the mount's root
 
 
 @dataclass(slots=True)
@@ -30,6 +28,7 @@ class _Slot:
     node: Node
     lookups: int = 0
     pins: int = 0
+    lower: bool = False  # lower-only when the kernel last got its attributes from a reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +45,7 @@ class InodeTable:
 
     def __init__(self, root: Node) -> None:
         # The kernel holds the root from mount to unmount without looking it up.
-        self._slots: dict[int, _Slot] = {ROOT_INODE: _Slot(root, lookups=1)}
+        self._slots: dict[int, _Slot] = {ROOT_INODE: _Slot(root, lookups=1, lower=root.lower_only)}
 
     def node(self, ino: int) -> Node:
         """The node of *ino*; ``ESTALE`` if the kernel asks for one it has forgotten."""
@@ -66,7 +65,17 @@ class InodeTable:
             log.warning("inode %d now names %r (was %r)", node.ino, node, slot.node)
             slot.node = node
         slot.lookups += 1
+        slot.lower = node.lower_only
         return node.ino
+
+    def became_upper(self, node: Node) -> bool:
+        """Whether the kernel holds *node* as lower-only but it is in the upper now; the
+        answer is True once per change (the caller then invalidates the kernel's copy)."""
+        slot = self._slots.get(node.ino)
+        if slot is None or slot.node is not node or not slot.lower or node.lower_only:
+            return False
+        slot.lower = False
+        return True
 
     def forget(self, ino: int, count: int) -> Node | None:
         """Drop *count* lookups; return the node if nothing references it any more."""
