@@ -38,6 +38,11 @@ def serve(
     Raises :class:`MountFailedError` if the mount itself fails.
     """
     faulthandler.enable()
-    from fuse_mount import pyfuse3_session
+    if options.backend == "pyfuse3":
+        from fuse_mount import pyfuse3_session
 
-    pyfuse3_session.serve(stack, mountpoint, options, on_ready=on_ready)
+        pyfuse3_session.serve(stack, mountpoint, options, on_ready=on_ready)
+    else:
+        from fuse_mount import session
+
+        session.serve(stack, mountpoint, options, on_ready=on_ready)

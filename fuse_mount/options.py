@@ -74,7 +74,7 @@ IGNORED_PREFIXES = ("x-", "X-", "comment=")
 ADAPTER_VALUED = frozenset(
     {"timeout", "lower_timeout", "threads", "busy_poll", "backend", "passthrough"}
 )
-BACKENDS = ("pyfuse3",)
+BACKENDS = ("native", "pyfuse3")
 
 DEFAULT_FSNAME = "layerfs"
 DEFAULT_THREADS = 8

@@ -17,7 +17,15 @@ import pytest
 
 from fuse_mount import daemon, mountinfo
 from layerfs.errors import ConfigError
-from tests.fuse.conftest import CLI, Mounter, Stackdirs, force_unmount, run_cli, write_tree
+from tests.fuse.conftest import (
+    CLI,
+    Mounter,
+    Stackdirs,
+    backend_args,
+    force_unmount,
+    run_cli,
+    write_tree,
+)
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.timeout(90)]
 
@@ -210,8 +218,8 @@ def test_foreground_and_sigint(mounter: Mounter, tmp_path: Path) -> None:
     assert dirs.mnt is not None
     mnt = dirs.mnt
     log = tmp_path / "fg.log"
-    args = [*CLI, "mount", "--foreground", "--debug", "--log", str(log), *dirs.mount_args()]
-    proc = subprocess.Popen([*args, str(mnt)], stderr=subprocess.PIPE, text=True)
+    args = ("mount", "--foreground", "--debug", "--log", str(log), *dirs.mount_args(), str(mnt))
+    proc = subprocess.Popen([*CLI, *backend_args(args)], stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: mountinfo.find(mnt) is not None, "the foreground mount")
         assert (mnt / "f").read_text() == "x"
@@ -257,8 +265,11 @@ def _check_helper_mount(mounter: Mounter, dirs: Stackdirs, command: list[str]) -
 
 
 def _overlay_options(dirs: Stackdirs) -> str:
+    """The stack as overlay options, with the running test's backend."""
     lowers = ":".join(str(p) for p in dirs.lowers)
-    return f"lowerdir={lowers},upperdir={dirs.upper},workdir={dirs.work}"
+    backend = backend_args(("mount",))[1:]
+    extra = f",{backend[1]}" if backend else ""
+    return f"lowerdir={lowers},upperdir={dirs.upper},workdir={dirs.work}{extra}"
 
 
 def test_mount_t_fuse_layerfs(mounter: Mounter, mount_helper: Path) -> None:
