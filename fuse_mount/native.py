@@ -10,10 +10,13 @@ Passthrough (:class:`Passthrough`): a regular file opened through a mount with
 ``FUSE_PASSTHROUGH`` is given to the kernel as a *backing file* (``FUSE_DEV_IOC_BACKING_OPEN``),
 and its reads, writes, splices and mmaps then go to the host file without this daemon. The
 kernel allows one backing file per inode while any passthrough open of it exists, so the id is
-shared by those opens and closed with the last of them. When an inode was copied up while a
-passthrough open still holds the lower file, later opens cannot pass through to the upper file
-(the kernel would refuse with EIO) and are served with ``FOPEN_DIRECT_IO`` through the daemon
-until the old opens are closed.
+shared by those opens and closed with the last of them. The kernel refuses any other open of
+an inode that has a passthrough open (another backing file, or none), so when a node was
+copied up while an open still passes through to its lower file, the next open of it retires
+that kernel inode (:meth:`fuse_mount.inodes.InodeTable.retire`) and answers ESTALE: the
+kernel looks the name up again, gets a new inode for the node (same ``st_ino``) and repeats
+the open there, passing through to the upper file. The old descriptor keeps reading the
+lower file (docs/semantics.md).
 """
 
 from __future__ import annotations
@@ -74,31 +77,40 @@ class _Backing:
 class Passthrough:
     """Backing ids of the inodes with passthrough opens (see the module docstring)."""
 
+    STALE = -1  # attach(): the inode passes through to another host file (before a copy-up)
+
     def __init__(self, device_fd: int) -> None:
         self._device = device_fd
+        self.disabled = False
         self._lock = threading.Lock()
         self._by_inode: dict[int, _Backing] = {}
         self._by_fh: dict[int, int] = {}
-        self.failed = 0
 
     def attach(self, ino: int, fh: int, handle: FileHandle) -> int | None:
-        """The backing id for a new open *fh* of *ino*, or None if it cannot pass through."""
+        """The backing id for a new open *fh* of kernel inode *ino*; :data:`STALE` when the
+        inode passes through to the host file of an earlier version of the node; None when
+        passthrough is not possible (the open then uses the page cache as without it)."""
         version = handle.node.version
         with self._lock:
             backing = self._by_inode.get(ino)
             if backing is not None:
                 if backing.version != version:
-                    return None  # the inode moved (copy-up) under an open that holds the old
+                    return self.STALE
                 backing.opens += 1
                 self._by_fh[fh] = ino
                 return backing.backing_id
+            if self.disabled:
+                return None
             try:
                 # a mutable buffer: ioctl() then returns the call's result, the new id
                 arg = bytearray(wire.BACKING_MAP.pack(handle.fileno(), 0, 0))
                 backing_id = fcntl.ioctl(self._device, wire.DEV_IOC_BACKING_OPEN, arg, True)
             except OSError as exc:
-                self.failed += 1
-                log.debug("no passthrough for inode %d: %s", ino, exc)
+                # e.g. layers on a stacking filesystem: the kernel refuses their files as
+                # backing files. Mixing passthrough and cached opens of one inode is not
+                # allowed, so passthrough stops for new inodes from here on.
+                self.disabled = True
+                log.warning("passthrough off from now on: %s", exc)
                 return None
             self._by_inode[ino] = _Backing(int(backing_id), version)
             self._by_fh[fh] = ino
@@ -235,10 +247,17 @@ class Handlers:
         if self.passthrough is None:
             flags = wire.FOPEN_KEEP_CACHE if opened.keep_cache else 0
             return wire.OPEN_OUT.pack(opened.fh, flags | wire.FOPEN_NOFLUSH, 0)
-        ino = opened.handle.node.ino
-        backing = self.passthrough.attach(ino, opened.fh, opened.handle)
+        backing = self.passthrough.attach(opened.nodeid, opened.fh, opened.handle)
+        if backing is Passthrough.STALE:
+            # The kernel inode still passes through to the host file this node had before a
+            # copy-up, and allows no other for now: the node gets a new kernel inode, and
+            # ESTALE makes the kernel look the name up again and repeat the open on it.
+            self.requests.release(opened.fh)
+            self.requests.inodes.retire(opened.nodeid)
+            raise OSError(errno.ESTALE, "copied up while open: look it up again")
         if backing is None:
-            return wire.OPEN_OUT.pack(opened.fh, wire.FOPEN_DIRECT_IO | wire.FOPEN_NOFLUSH, 0)
+            flags = wire.FOPEN_KEEP_CACHE if opened.keep_cache else 0
+            return wire.OPEN_OUT.pack(opened.fh, flags | wire.FOPEN_NOFLUSH, 0)
         return wire.OPEN_OUT.pack(opened.fh, wire.FOPEN_PASSTHROUGH | wire.FOPEN_NOFLUSH, backing)
 
     def read(self, req: Request, body: bytes) -> Payload:
@@ -287,7 +306,9 @@ class Handlers:
             if len(out) + wire.dirent_size(len(name), plus) > size:
                 return False
             if plus:
-                out.extend(wire.entry_out(st, entry.entry_timeout, entry.attr_timeout))
+                out.extend(
+                    wire.entry_out(entry.nodeid, st, entry.entry_timeout, entry.attr_timeout)
+                )
             wire.pack_dirent(out, st.ino, next_offset, name, st.mode)
             return True
 
@@ -347,7 +368,7 @@ class Handlers:
 
 
 def _entry(entry: Entry) -> bytes:
-    return wire.entry_out(entry.st, entry.entry_timeout, entry.attr_timeout)
+    return wire.entry_out(entry.nodeid, entry.st, entry.entry_timeout, entry.attr_timeout)
 
 
 def _sized(data: bytes, size: int) -> bytes:

@@ -65,16 +65,14 @@ class Attr:
 class Entry:
     """A reply that names an object: ``st`` is None for "no such name" (a negative entry).
 
-    When ``st`` is set the lookup count of ``st.ino`` has been raised by one already.
+    When ``st`` is set the lookup count of ``nodeid`` (the kernel's name for the object,
+    usually ``st.ino``) has been raised by one already.
     """
 
     st: Stat | None
     entry_timeout: float
     attr_timeout: float
-
-    @property
-    def ino(self) -> int:
-        return 0 if self.st is None else self.st.ino
+    nodeid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +82,7 @@ class Opened:
     fh: int
     keep_cache: bool
     handle: FileHandle
-    lower_only: bool
+    nodeid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +145,9 @@ class Requests:
 
     def _entry(self, node: Node, st: Stat) -> Entry:
         """Hand *node* to the kernel: counts one lookup."""
-        self.inodes.remember(node)
+        nodeid = self.inodes.remember(node)
         timeout = self._timeout(node)
-        return Entry(st, timeout, timeout)
+        return Entry(st, timeout, timeout, nodeid)
 
     def _drop(self, node: Node | None) -> None:
         """The kernel no longer refers to *node*: let the stack free it (bounded memory)."""
@@ -166,7 +164,7 @@ class Requests:
         while current is not None and current.aliases:
             if not self.inodes.became_upper(current):
                 break
-            self.invalidate(current.ino)
+            self.invalidate(self.inodes.nodeid(current))
             current = current.aliases[0].parent
 
     def shutdown(self) -> None:
@@ -281,7 +279,7 @@ class Requests:
         handle = self.stack.open_node(node, flags & ~KERNEL_FLAGS)
         if handle.writable:
             self._changed(node)
-        return self._register(node, handle)
+        return self._register(node, handle, ino)
 
     def create(
         self, parent_ino: int, name: bytes, flags: int, mode: int, caller: Caller
@@ -292,14 +290,14 @@ class Requests:
         )
         self._changed(parent)
         entry = self._entry(node, handle.stat())
-        return self._register(node, handle), entry
+        return self._register(node, handle, entry.nodeid), entry
 
-    def _register(self, node: Node, handle: FileHandle) -> Opened:
+    def _register(self, node: Node, handle: FileHandle, nodeid: int) -> Opened:
         """Register *handle*; a file that lives only in lower layers keeps its page cache."""
-        self.inodes.pin(node.ino)
+        self.inodes.pin(nodeid)
         lower_only = node.lower_only and not handle.writable
-        fh = self.files.add(OpenFile(node.ino, handle, lower_only))
-        return Opened(fh, lower_only, handle, node.lower_only)
+        fh = self.files.add(OpenFile(nodeid, handle, lower_only))
+        return Opened(fh, lower_only, handle, nodeid)
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return self.files.get(fh).handle.read(size, offset)
@@ -356,7 +354,8 @@ class Requests:
             except FileNotFoundError:
                 continue  # removed since opendir: may be left out, never repeated
             timeout = self._timeout(node)
-            if not emit(os.fsencode(name), Entry(st, timeout, timeout), index + 1):
+            entry = Entry(st, timeout, timeout, self.inodes.nodeid(node))
+            if not emit(os.fsencode(name), entry, index + 1):
                 return
             if plus:
                 self.inodes.remember(node)

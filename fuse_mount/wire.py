@@ -213,13 +213,13 @@ def attr_fields(st: Stat) -> tuple[int, ...]:
     )  # fmt: skip
 
 
-def entry_out(st: Stat | None, entry_timeout: float, attr_timeout: float) -> bytes:
+def entry_out(nodeid: int, st: Stat | None, entry_timeout: float, attr_timeout: float) -> bytes:
     """``struct fuse_entry_out``: nodeid 0 (no attributes) is a negative entry."""
     e_s, e_ns = _valid(entry_timeout)
     if st is None:
         return ENTRY_OUT.pack(0, 0, e_s, 0, e_ns, 0, *(0,) * 16)
     a_s, a_ns = _valid(attr_timeout)
-    return ENTRY_OUT.pack(st.ino, 0, e_s, a_s, e_ns, a_ns, *attr_fields(st))
+    return ENTRY_OUT.pack(nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_fields(st))
 
 
 def attr_out(st: Stat, timeout: float) -> bytes:
