@@ -309,3 +309,36 @@ def test_request_loop_modes(mounter: Mounter, tmp_path: Path, busy_poll: str) ->
     else:
         caught = int(summary[-1].split("busy-poll: ")[1].split()[0])
         assert caught > 0, summary
+
+
+CYCLES = 30
+
+
+def test_mounting_again_right_after_a_plain_umount(mounter: Mounter) -> None:
+    """Mount, plain ``umount`` (which returns before the daemon has exited), mount the same
+    directories again at once, many times: every mount starts, and its pid file names its
+    own daemon (the previous daemon, leaving, must not remove the new one's pid file)."""
+    dirs = mounter.layers({"d/f": "x"})
+    assert dirs.mnt is not None
+    pidfile = daemon.pidfile_path(dirs.mnt)
+    for _ in range(CYCLES):
+        mnt = mounter.mount(dirs)
+        assert (mnt / "d" / "f").read_text() == "x"
+        owner = daemon.read_pidfile(pidfile)
+        subprocess.run(["umount", str(mnt)], check=True)
+        mounter.mounted.remove(mnt)
+        assert owner is not None, "the new daemon's pid file is gone"
+    wait_until(lambda: daemon.read_pidfile(pidfile) is None, "the last daemon to exit")
+
+
+def test_a_start_up_failure_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    """An error raised inside trio's nursery arrives as an exception group whose repr hides
+    the path; the parent gets one line with the reason and the path."""
+    read_end, write_end = os.pipe()
+    missing = tmp_path / "gone" / "mount.pid"
+    error = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(missing))
+    daemon._report_failure(BaseExceptionGroup("Exceptions from Trio nursery", [error]), write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        lines = pipe.read().decode().splitlines()
+    assert lines == [f"No such file or directory: {missing}"]
