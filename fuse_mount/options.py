@@ -79,7 +79,7 @@ BACKENDS = ("native", "pyfuse3")
 DEFAULT_FSNAME = "layerfs"
 DEFAULT_THREADS = 8
 DEFAULT_BUSY_POLL_US = 200  # see fuse_mount.loop
-DEFAULT_BACKEND = "pyfuse3"
+DEFAULT_BACKEND = "native"  # the faster one: docs/mount.md and docs/performance.md say why
 
 
 @dataclass(frozen=True, slots=True)
