@@ -190,17 +190,3 @@ def close(mounted: KernelMount) -> None:
     if mounted.helper is not None:
         mounted.helper.wait()
 
-
-def clone_fd(fd: int) -> int:
-    """A second descriptor of the same session (``FUSE_DEV_IOC_CLONE``) for a worker."""
-    import fcntl
-
-    from fuse_mount import wire
-
-    clone = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(clone, wire.DEV_IOC_CLONE, wire.BACKING_ID.pack(fd))
-    except BaseException:
-        os.close(clone)
-        raise
-    return clone
