@@ -189,4 +189,3 @@ def close(mounted: KernelMount) -> None:
         mounted.helper_socket.close()
     if mounted.helper is not None:
         mounted.helper.wait()
-
