@@ -17,7 +17,7 @@ SMALL_FILE = 100  # bytes written per created file
 DEFAULT_SEED = 20240611
 
 STATES = ("cold", "warm", "fresh")
-SYSTEMS = ("plain", "kernel", "fuse-overlayfs", "layerfs")
+SYSTEMS = ("plain", "kernel", "fuse-overlayfs", "layerfs", "layerfs-pyfuse3")
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,10 +122,16 @@ class FuseOverlayfs(System):
 
 
 class Layerfs(System):
-    """layerfs's FUSE mount through its CLI, from the interpreter running the benchmarks."""
+    """layerfs's FUSE mount through its CLI, from the interpreter running the benchmarks,
+    with one session backend (``-o backend=``): ``layerfs`` is the native one."""
 
     name = "layerfs"
     is_fuse = True
+
+    def __init__(self, backend: str = "native") -> None:
+        self.backend = backend
+        if backend != "native":
+            self.name = f"layerfs-{backend}"
 
     def unavailable_reason(self) -> str | None:
         reason = _fuse_reason()
@@ -147,7 +153,8 @@ class Layerfs(System):
 
     @contextmanager
     def mount(self, spec: MountSpec, target: Path) -> Iterator[Mounted]:
-        argv = [*layerfs_command(), "mount", "--lower", ":".join(str(p) for p in spec.lowers)]
+        argv = [*layerfs_command(), "mount", "-o", f"backend={self.backend}"]
+        argv += ["--lower", ":".join(str(p) for p in spec.lowers)]
         if spec.upper is not None and spec.work is not None:
             argv += ["--upper", str(spec.upper), "--work", str(spec.work)]
         umount = [*layerfs_command(), "umount"]
@@ -155,7 +162,13 @@ class Layerfs(System):
             yield mounted
 
 
-ALL_SYSTEMS: tuple[System, ...] = (Plain(), Kernel(), FuseOverlayfs(), Layerfs())
+ALL_SYSTEMS: tuple[System, ...] = (
+    Plain(),
+    Kernel(),
+    FuseOverlayfs(),
+    Layerfs(),
+    Layerfs("pyfuse3"),
+)
 
 
 def layerfs_command() -> list[str]:

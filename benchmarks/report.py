@@ -16,9 +16,15 @@ from typing import Any
 from benchmarks.results import Row, Sample, ratios
 from benchmarks.targets import Verdict
 
-MOUNT_COLUMNS = ("plain", "kernel", "fuse-overlayfs", "layerfs")
+MOUNT_COLUMNS = ("plain", "kernel", "fuse-overlayfs", "layerfs", "layerfs-pyfuse3")
 LIBRARY_COLUMNS = ("umoci", "tar", "tar+zstd", "layerfs")
-SHORT = {"fuse-overlayfs": "fuse-ovl", "layerfs": "layerfs", "plain": "plain", "kernel": "kernel"}
+SHORT = {
+    "fuse-overlayfs": "fuse-ovl",
+    "layerfs": "layerfs",
+    "layerfs-pyfuse3": "pyfuse3",
+    "plain": "plain",
+    "kernel": "kernel",
+}
 
 
 def format_seconds(value: float) -> str:

@@ -17,6 +17,8 @@ METRIC_UNITS = {"time": "s", "time_per_op": "s/op", "peak_rss": "B"}
 RATIO_PAIRS: tuple[tuple[str, str], ...] = (
     ("layerfs", "fuse-overlayfs"),
     ("layerfs", "kernel"),
+    ("layerfs", "layerfs-pyfuse3"),
+    ("layerfs-pyfuse3", "kernel"),
     ("kernel", "plain"),
     ("fuse-overlayfs", "plain"),
     ("layerfs", "plain"),

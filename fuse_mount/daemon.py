@@ -95,6 +95,15 @@ def start(request: MountRequest, stack: Stack) -> None:
         raise DaemonError(message or "the mount daemon exited before the mount was ready")
 
 
+class _Readiness:
+    """Whether "ready" went to the parent (then its pipe is closed: nothing more goes there)."""
+
+    sent = False
+
+
+readiness = _Readiness()
+
+
 def _daemon_main(request: MountRequest, stack: Stack, ready_fd: int) -> int:
     try:
         os.setsid()
@@ -104,7 +113,7 @@ def _daemon_main(request: MountRequest, stack: Stack, ready_fd: int) -> int:
         _serve(request, stack, ready_fd)
         return 0
     except BaseException as exc:
-        _report_failure(exc, ready_fd)
+        _report_failure(exc, None if readiness.sent else ready_fd)
         return 1
 
 
@@ -120,28 +129,42 @@ def _serve(request: MountRequest, stack: Stack, ready_fd: int | None) -> None:
         if ready_fd is not None:
             os.write(ready_fd, READY)
             os.close(ready_fd)
+            readiness.sent = True
 
+    readiness.sent = False
     try:
         with stack:
             serve(stack, request.mountpoint, request.options, on_ready=on_ready)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            pidfile.unlink()
+        remove_own_pidfile(pidfile)
 
 
-def _report_failure(exc: BaseException, ready_fd: int) -> None:
+def _report_failure(exc: BaseException, ready_fd: int | None) -> None:
+    """Log the failure and, before "ready" was sent, tell the parent in one line."""
+    exc = _innermost(exc)
     if isinstance(exc, (LayerfsError, OSError)):
-        message = str(exc) if isinstance(exc, LayerfsError) else _describe_oserror(exc)
+        message = str(exc) if isinstance(exc, LayerfsError) else describe_oserror(exc)
     else:
         message = f"mount daemon failed: {exc!r}"
         log.error("mount daemon failed\n%s", traceback.format_exc())
     log.error("%s", message)
-    with contextlib.suppress(OSError):
-        os.write(ready_fd, message.encode(errors="replace") + b"\n")
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, message.encode(errors="replace") + b"\n")
 
 
-def _describe_oserror(exc: OSError) -> str:
+def _innermost(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups, as trio raises them."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe_oserror(exc: OSError) -> str:
+    """``strerror: path`` (and ``-> path2``): the repr of an OSError hides which path."""
     where = f": {exc.filename}" if exc.filename else ""
+    if exc.filename2:
+        where += f" -> {exc.filename2}"
     return f"{exc.strerror or exc}{where}"
 
 
@@ -186,12 +209,33 @@ def pidfile_path(mountpoint: Path) -> Path:
 
 
 def write_pidfile(path: Path) -> None:
-    """Record ``<pid> <start time>`` so a reused pid is never mistaken for the daemon."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Record ``<pid> <start time>`` so a reused pid is never mistaken for the daemon.
+
+    Raises :class:`DaemonError` naming the pid file when it cannot be written.
+    """
     pid = os.getpid()
     tmp = path.with_suffix(f".tmp{pid}")
-    tmp.write_text(f"{pid} {process_start_time(pid)}\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp.write_text(f"{pid} {process_start_time(pid)}\n")
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DaemonError(f"cannot write the pid file: {describe_oserror(exc)}") from exc
+
+
+def remove_own_pidfile(path: Path) -> None:
+    """Remove *path* only while it names this process.
+
+    A plain ``umount`` returns before the daemon has exited, so the next mount of the same
+    mount point may already have written its own pid file when this daemon leaves; removing
+    that file would make ``layerfs umount`` stop waiting for the new daemon.
+    """
+    owner = read_pidfile(path)
+    if owner is not None and owner[0] == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def read_pidfile(path: Path) -> tuple[int, str] | None:

@@ -8,6 +8,7 @@ the directory changes underneath it.
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -51,13 +52,15 @@ class HandleTable(Generic[T]):
         self._open: dict[int, T] = {}
         self._next = 1
         self._by_inode: dict[int, set[int]] = {}
+        self._lock = threading.Lock()  # worker threads open and close files too
 
     def add(self, item: T) -> int:
-        fh = self._next
-        self._next += 1
-        self._open[fh] = item
-        self._by_inode.setdefault(item.ino, set()).add(fh)
-        return fh
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._open[fh] = item
+            self._by_inode.setdefault(item.ino, set()).add(fh)
+            return fh
 
     def get(self, fh: int) -> T:
         """The object of handle *fh*; ``EBADF`` for a handle that is not open."""
@@ -67,13 +70,14 @@ class HandleTable(Generic[T]):
             raise oserror(errno.EBADF) from None
 
     def pop(self, fh: int) -> T:
-        item = self.get(fh)
-        del self._open[fh]
-        handles = self._by_inode[item.ino]
-        handles.discard(fh)
-        if not handles:
-            del self._by_inode[item.ino]
-        return item
+        with self._lock:
+            item = self.get(fh)
+            del self._open[fh]
+            handles = self._by_inode[item.ino]
+            handles.discard(fh)
+            if not handles:
+                del self._by_inode[item.ino]
+            return item
 
     def of_inode(self, ino: int) -> Iterator[T]:
         """The open objects of inode *ino* (e.g. to stat a file whose name is gone)."""

@@ -1,21 +1,18 @@
-"""The pyfuse3 request handlers: decode the request, call the stack, convert the answer.
+"""The pyfuse3 backend's handlers: decode pyfuse3's arguments, call the request layer, convert.
 
-No union semantics live here: every decision about layers, whiteouts and copy-up is the
-stack's. This module owns what only FUSE has: kernel inode numbers and lookup counts
-(:mod:`fuse_mount.inodes`), handle numbers (:mod:`fuse_mount.handles`), cache timeouts
-(:mod:`fuse_mount.attrs`) and the translation of errors into ``FUSEError``.
+A thin adapter over :class:`fuse_mount.requests.Requests`, which both backends share: this
+module only converts between pyfuse3's types and the request layer's, decides what runs in a
+worker thread, and raises ``FUSEError`` at its one boundary (:func:`_boundary`).
 
-Cheap metadata requests (lookup, getattr, readdir, xattr reads) run inline in the trio loop;
-anything that moves data or may copy up runs in a worker thread under a capacity limiter, so a
-large copy-up never stalls the other requests.
+Cheap metadata requests (lookup, getattr, readdir, xattr reads) and reads and writes of open
+files run inline in the trio loop; anything that may copy up runs in a worker thread under a
+capacity limiter, so a large copy-up never stalls the other requests.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
-import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -25,23 +22,18 @@ import trio
 from pyfuse3 import FUSEError
 
 import layerfs
-from fuse_mount.attrs import Timeouts, entry_attributes, negative_entry, statvfs_data
-from fuse_mount.handles import HandleTable, OpenDir, OpenFile
-from fuse_mount.inodes import InodeTable
-from layerfs.errors import LayerfsError
+from fuse_mount.attrs import Timeouts
+from fuse_mount.requests import Attr, Caller, Changes, Entry, Opened, Requests, describe, errno_of
 
 if TYPE_CHECKING:
-    from layerfs import FileHandle, Node, Stack
-    from layerfs.types import Stat
+    from layerfs import Stack
+    from layerfs.types import Stat, StatFs
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# Flags the kernel has already applied by the time a FUSE open/create arrives; the handle must
-# not apply them a second time (O_APPEND: the kernel sends the end-of-file offset itself).
-_KERNEL_FLAGS = os.O_APPEND | os.O_NOCTTY | os.O_CLOEXEC
 _RENAME_FLAGS = {
     0: 0,
     int(pyfuse3.RENAME_NOREPLACE): layerfs.RENAME_NOREPLACE,
@@ -52,10 +44,9 @@ _RENAME_FLAGS = {
 def _boundary(
     handler: Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]]:
-    """The one place errors become ``FUSEError``: OSError by errno, LayerfsError by its errno.
+    """The one place errors become ``FUSEError`` (:func:`~fuse_mount.requests.errno_of`).
 
-    Anything else is a bug: it is logged with its traceback and the caller gets EIO. With
-    debug logging on, every request and its outcome is logged as well.
+    With debug logging on, every request and its outcome is logged as well.
     """
     name = handler.__name__
 
@@ -66,16 +57,8 @@ def _boundary(
             log.debug("-> %s%r", name, args)
         try:
             result = await handler(self, *args, **kwargs)
-        except OSError as exc:
-            if debug:
-                log.debug("<- %s: %s", name, exc)
-            raise FUSEError(exc.errno or errno.EIO) from None
-        except LayerfsError as exc:
-            log.warning("%s%r: %s", name, args, exc)
-            raise FUSEError(exc.errno) from None
-        except Exception:
-            log.exception("%s%r failed", name, args)
-            raise FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise FUSEError(errno_of(exc, f"{name}{args!r}")) from None
         if debug:
             log.debug("<- %s: %s", name, _describe(result))
         return result
@@ -84,16 +67,17 @@ def _boundary(
 
 
 def _describe(result: object) -> str:
-    """A short, readable form of a handler's answer for the debug log."""
     if isinstance(result, pyfuse3.EntryAttributes):
         return f"ino={result.st_ino} mode={result.st_mode:o} size={result.st_size}"
     if isinstance(result, pyfuse3.FileInfo):
         return f"fh={result.fh} keep_cache={result.keep_cache}"
     if isinstance(result, tuple):
         return ", ".join(_describe(item) for item in result)
-    if isinstance(result, bytes) and len(result) > 64:
-        return f"<{len(result)} bytes>"
-    return repr(result)
+    return describe(result)
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(ctx.uid, ctx.gid, ctx.pid)
 
 
 class Operations(pyfuse3.Operations):
@@ -105,69 +89,34 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, stack: Stack, *, timeouts: Timeouts, threads: int) -> None:
         super().__init__()
-        self.stack = stack
-        self.timeouts = timeouts
-        self.inodes = InodeTable(stack.root)
-        self.files: HandleTable[OpenFile] = HandleTable()
-        self.dirs: HandleTable[OpenDir] = HandleTable()
+        self.requests = Requests(stack, timeouts)
+        self.requests.invalidate = _invalidate_attributes
         self._limiter = trio.CapacityLimiter(threads)
 
-    # -- plumbing -------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run a blocking stack call (data I/O, anything that may copy up) off the loop."""
+        """Run a blocking call (data I/O, anything that may copy up) off the loop."""
         call = functools.partial(fn, *args, **kwargs)
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
-
-    def _timeout(self, node: Node) -> float:
-        return self.timeouts.for_object(node.lower_only)
-
-    def _reply(self, node: Node, st: Stat) -> pyfuse3.EntryAttributes:
-        """Attributes for a reply that hands *node* to the kernel: counts one lookup."""
-        self.inodes.remember(node)
-        return entry_attributes(st, self._timeout(node))
 
     def init(self) -> None:
         log.debug("FUSE session initialised")
 
     def shutdown(self) -> None:
-        """Close what the kernel left open at unmount (it sends no release/forget then)."""
-        for item in self.files.drain():
-            item.handle.close()
-        self.dirs.drain()
-        self.inodes.clear()
+        self.requests.shutdown()
 
     # -- names -----------------------------------------------------------------------------
     @_boundary
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.node(parent_inode)
-        try:
-            node, st = self.stack.lookup_attr(parent, os.fsdecode(name))
-        except FileNotFoundError:
-            return negative_entry(self._timeout(parent))
-        return self._reply(node, st)
+        return entry_attributes(self.requests.lookup(parent_inode, name))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        # Must never raise: there is no request to answer.
-        for ino, count in inode_list:
-            try:
-                self._drop(self.inodes.forget(ino, count))
-            except Exception:
-                log.exception("forget(%d, %d) failed", ino, count)
+        self.requests.forget(inode_list)
 
     @_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self.inodes.node(inode)
-        try:
-            st = self.stack.getattr(node)
-        except FileNotFoundError:
-            # Unlinked but still open: the open handle still reaches the object.
-            item = next(self.files.of_inode(inode), None)
-            if item is None:
-                raise
-            st = item.handle.stat()
-        return entry_attributes(st, self._timeout(node))
+        return attr_attributes(self.requests.getattr(inode))
 
     @_boundary
     async def setattr(
@@ -178,88 +127,52 @@ class Operations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        node = self.inodes.node(inode)
         changes = _setattr_changes(attr, fields)
-        handle = self.files.get(fh).handle if fh is not None else None
-        st = await self._in_thread(_apply_setattr, self.stack, node, handle, changes)
-        return entry_attributes(st, self._timeout(node))
+        return attr_attributes(await self._in_thread(self.requests.setattr, inode, changes, fh))
 
     @_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.fsencode(self.stack.readlink_node(self.inodes.node(inode)))
+        return self.requests.readlink(inode)
 
     @_boundary
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.node(parent_inode)
-        node, st = await self._in_thread(
-            _created,
-            self.stack,
-            self.stack.mknod_at,
-            parent,
-            os.fsdecode(name),
-            mode,
-            rdev,
-            uid=ctx.uid,
-            gid=ctx.gid,
+        run = self.requests.mknod
+        return entry_attributes(
+            await self._in_thread(run, parent_inode, name, mode, rdev, _caller(ctx))
         )
-        return self._reply(node, st)
 
     @_boundary
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.node(parent_inode)
-        node, st = await self._in_thread(
-            _created,
-            self.stack,
-            self.stack.mkdir_at,
-            parent,
-            os.fsdecode(name),
-            mode,
-            uid=ctx.uid,
-            gid=ctx.gid,
-        )
-        return self._reply(node, st)
+        run = self.requests.mkdir
+        return entry_attributes(await self._in_thread(run, parent_inode, name, mode, _caller(ctx)))
 
     @_boundary
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.node(parent_inode)
-        node, st = await self._in_thread(
-            _created,
-            self.stack,
-            self.stack.symlink_at,
-            parent,
-            os.fsdecode(name),
-            os.fsdecode(target),
-            uid=ctx.uid,
-            gid=ctx.gid,
+        run = self.requests.symlink
+        return entry_attributes(
+            await self._in_thread(run, parent_inode, name, target, _caller(ctx))
         )
-        return self._reply(node, st)
 
     @_boundary
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.inodes.node(inode)
-        parent = self.inodes.node(new_parent_inode)
-        linked, st = await self._in_thread(
-            _created, self.stack, self.stack.link_at, node, parent, os.fsdecode(new_name)
-        )
-        return self._reply(linked, st)
+        run = self.requests.link
+        return entry_attributes(await self._in_thread(run, inode, new_parent_inode, new_name))
 
     @_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self.inodes.node(parent_inode)
-        await self._in_thread(self.stack.unlink_at, parent, os.fsdecode(name))
+        await self._in_thread(self.requests.unlink, parent_inode, name)
 
     @_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self.inodes.node(parent_inode)
-        await self._in_thread(self.stack.rmdir_at, parent, os.fsdecode(name))
+        await self._in_thread(self.requests.rmdir, parent_inode, name)
 
     @_boundary
     async def rename(
@@ -271,223 +184,175 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if flags not in _RENAME_FLAGS:
-            raise OSError(errno.EINVAL, "unsupported rename flags")
-        old_parent = self.inodes.node(parent_inode_old)
-        new_parent = self.inodes.node(parent_inode_new)
         await self._in_thread(
-            self.stack.rename_at,
-            old_parent,
-            os.fsdecode(name_old),
-            new_parent,
-            os.fsdecode(name_new),
-            _RENAME_FLAGS[flags],
+            self.requests.rename,
+            parent_inode_old,
+            name_old,
+            parent_inode_new,
+            name_new,
+            _RENAME_FLAGS.get(flags, -1),
         )
 
     # -- files -----------------------------------------------------------------------------
     @_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.inodes.node(inode)
-        flags &= ~_KERNEL_FLAGS
-        if (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC:
-            handle = self.stack.open_node(node, flags)  # no copy-up: one open(2), inline
-        else:
-            handle = await self._in_thread(self.stack.open_node, node, flags)
-        return self._file_info(inode, handle)
+        if Requests.open_may_copy_up(flags):
+            return _file_info(await self._in_thread(self.requests.open, inode, flags))
+        return _file_info(self.requests.open(inode, flags))  # one open(2): inline
 
     @_boundary
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        parent = self.inodes.node(parent_inode)
-        node, handle, st = await self._in_thread(
-            _create,
-            self.stack,
-            parent,
-            os.fsdecode(name),
-            flags & ~_KERNEL_FLAGS,
-            mode,
-            ctx.uid,
-            ctx.gid,
-        )
-        attr = self._reply(node, st)
-        return self._file_info(node.ino, handle), attr
-
-    def _file_info(self, ino: int, handle: FileHandle) -> pyfuse3.FileInfo:
-        """Register *handle*; a file that lives only in lower layers keeps its page cache."""
-        node = self.inodes.pin(ino)
-        lower_only = node.lower_only and not handle.writable
-        fh = self.files.add(OpenFile(ino, handle, lower_only))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=lower_only)
+        run = self.requests.create
+        opened, entry = await self._in_thread(run, parent_inode, name, flags, mode, _caller(ctx))
+        return _file_info(opened), entry_attributes(entry)
 
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # Inline: a pread of at most max_read bytes; a thread hop would cost more than it
         # saves, and the kernel's readahead keeps cold sequential reads streaming.
-        return self.files.get(fh).handle.read(size, off)
+        return self.requests.read(fh, off, size)
 
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return _write_all(self.files.get(fh).handle, buf, off)  # into the page cache: inline
+        return self.requests.write(fh, off, buf)  # into the page cache: inline
 
     @_boundary
     async def flush(self, fh: int) -> None:
         """Nothing is buffered here (data goes straight to the host file), so tell the kernel
         once, with ENOSYS, to stop sending FLUSH at every close: one request less per file."""
-        raise OSError(errno.ENOSYS, "flush is not needed")
+        raise OSError(38, "flush is not needed")  # ENOSYS
 
     @_boundary
     async def release(self, fh: int) -> None:
-        item = self.files.pop(fh)
-        try:
-            item.handle.close()
-        finally:
-            self._drop(self.inodes.unpin(item.ino))
+        self.requests.release(fh)
 
     @_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self.files.get(fh).handle
-        await self._in_thread(handle.fsync, datasync)
+        await self._in_thread(self.requests.fsync, fh, datasync)
 
     # -- directories -----------------------------------------------------------------------
     @_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self.inodes.node(inode)
-        names = self.stack.listdir_node(node)
-        self.inodes.pin(inode)
-        return self.dirs.add(OpenDir(inode, names))
+        return self.requests.opendir(inode)
 
     @_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self.dirs.get(fh)
-        directory = self.inodes.node(listing.ino)
-        # One name at a time: when the reply buffer fills (in large directories) a name looked
-        # up beyond it would cost a host stat for nothing.
-        for index in range(start_id, len(listing.names)):
-            name = listing.names[index]
-            try:
-                node, st = self.stack.lookup_attr(directory, name)
-            except FileNotFoundError:
-                continue  # removed since opendir: may be left out, never repeated
-            attr = entry_attributes(st, self._timeout(node))
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
-                return
-            self.inodes.remember(node)
+        def emit(name: bytes, entry: Entry, next_offset: int) -> bool:
+            return bool(pyfuse3.readdir_reply(token, name, entry_attributes(entry), next_offset))
+
+        self.requests.readdir(fh, start_id, emit, plus=True)
 
     @_boundary
     async def releasedir(self, fh: int) -> None:
-        self._drop(self.inodes.unpin(self.dirs.pop(fh).ino))
-
-    def _drop(self, node: Node | None) -> None:
-        """The kernel no longer refers to *node*: let the stack free it (bounded memory)."""
-        if node is not None:
-            self.stack.forget(node)
+        self.requests.releasedir(fh)
 
     @_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        self.dirs.get(fh)  # namespace changes reach the host as they happen
+        self.requests.fsyncdir(fh)
 
     # -- extended attributes ---------------------------------------------------------------
     @_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.stack.getxattr_node(self.inodes.node(inode), os.fsdecode(name))
+        return self.requests.getxattr(inode, name)
 
     @_boundary
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        node = self.inodes.node(inode)
-        await self._in_thread(self.stack.setxattr_node, node, os.fsdecode(name), value)
+        await self._in_thread(self.requests.setxattr, inode, name, value)
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        names = self.stack.listxattr_node(self.inodes.node(inode))
-        return [os.fsencode(name) for name in names]
+        return self.requests.listxattr(inode)
 
     @_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self.inodes.node(inode)
-        await self._in_thread(self.stack.removexattr_node, node, os.fsdecode(name))
+        await self._in_thread(self.requests.removexattr, inode, name)
 
     # -- filesystem ------------------------------------------------------------------------
     @_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        return statvfs_data(self.stack.statfs())
+        return statvfs_data(self.requests.statfs())
 
     @_boundary
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        # Only called without default_permissions, which this mount always sets; answer
-        # from the mode bits anyway so the handler is never wrong.
-        st = self.stack.getattr(self.inodes.node(inode))
-        return _may_access(st, mode, ctx.uid, {ctx.gid} | pyfuse3.get_sup_groups(ctx.pid))
+        groups = set(pyfuse3.get_sup_groups(ctx.pid))
+        return self.requests.access(inode, mode, _caller(ctx), groups)
 
 
-def _created(stack: Stack, fn: Callable[..., Node], *args: Any, **kwargs: Any) -> tuple[Node, Stat]:
-    """Run a creating stack call and take the new node's attributes in the same thread."""
-    node = fn(*args, **kwargs)
-    return node, stack.getattr(node)
+def _invalidate_attributes(ino: int) -> None:
+    """Drop the kernel's cached attributes of *ino* (no data pages, no dentries)."""
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError as exc:
+        log.debug("invalidate_inode(%d): %s", ino, exc)
 
 
-def _create(
-    stack: Stack, parent: Node, name: str, flags: int, mode: int, uid: int, gid: int
-) -> tuple[Node, FileHandle, Stat]:
-    node, handle = stack.create(parent, name, flags, mode, uid=uid, gid=gid)
-    return node, handle, handle.stat()
+def _file_info(opened: Opened) -> pyfuse3.FileInfo:
+    return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache)
 
 
-def _write_all(handle: FileHandle, data: bytes, offset: int) -> int:
-    """Write all of *data*: without direct_io the kernel expects every byte to be taken."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += handle.write(bytes(view[done:]), offset + done)
-    return done
+def _fill(attr: pyfuse3.EntryAttributes, st: Stat) -> pyfuse3.EntryAttributes:
+    """The stack's ``st_ino`` is the kernel inode number."""
+    attr.st_ino = st.ino
+    attr.generation = 0
+    attr.st_mode = st.mode
+    attr.st_nlink = st.nlink
+    attr.st_uid = st.uid
+    attr.st_gid = st.gid
+    attr.st_rdev = st.rdev
+    attr.st_size = st.size
+    attr.st_blksize = st.blksize
+    attr.st_blocks = st.blocks
+    attr.st_atime_ns = st.atime_ns
+    attr.st_mtime_ns = st.mtime_ns
+    attr.st_ctime_ns = st.ctime_ns
+    return attr
 
 
-def _setattr_changes(
-    attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
-) -> dict[str, int]:
-    """The ``Stack.setattr`` keywords for the fields the kernel asked to change.
-
-    pyfuse3 has already resolved UTIME_NOW into the current time and leaves UTIME_OMIT fields
-    unflagged, so "flagged" means "set to this value".
-    """
-    changes: dict[str, int] = {}
-    if fields.update_mode:
-        changes["mode"] = stat.S_IMODE(attr.st_mode)
-    if fields.update_uid:
-        changes["uid"] = attr.st_uid
-    if fields.update_gid:
-        changes["gid"] = attr.st_gid
-    if fields.update_size:
-        changes["size"] = attr.st_size
-    if fields.update_atime:
-        changes["atime_ns"] = attr.st_atime_ns
-    if fields.update_mtime:
-        changes["mtime_ns"] = attr.st_mtime_ns
-    return changes
+def entry_attributes(entry: Entry) -> pyfuse3.EntryAttributes:
+    """A fresh ``EntryAttributes`` per reply: pyfuse3 reads it after the handler returns and
+    handlers run concurrently. A negative entry (inode 0) lets the kernel cache "no such name",
+    which is safe because every name is created through this mount."""
+    attr = pyfuse3.EntryAttributes()
+    attr.entry_timeout = entry.entry_timeout
+    attr.attr_timeout = entry.attr_timeout
+    if entry.st is None:
+        attr.st_ino = 0
+        return attr
+    return _fill(attr, entry.st)
 
 
-def _apply_setattr(
-    stack: Stack, node: Node, handle: FileHandle | None, changes: dict[str, int]
-) -> Stat:
-    """ftruncate through the open handle when there is one (its name may be gone)."""
-    if handle is not None and "size" in changes:
-        handle.truncate(changes.pop("size"))
-        if not changes:
-            return handle.stat()
-    return stack.setattr(node, **changes)
+def attr_attributes(reply: Attr) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    attr.attr_timeout = reply.timeout
+    return _fill(attr, reply.st)
 
 
-def _may_access(st: Stat, mode: int, uid: int, groups: set[int]) -> bool:
-    if mode == os.F_OK:
-        return True
-    if uid == 0:
-        return not (mode & os.X_OK) or bool(st.mode & 0o111) or stat.S_ISDIR(st.mode)
-    if st.uid == uid:
-        bits = (st.mode >> 6) & 0o7
-    elif st.gid in groups:
-        bits = (st.mode >> 3) & 0o7
-    else:
-        bits = st.mode & 0o7
-    return mode & bits == mode
+def statvfs_data(st: StatFs) -> pyfuse3.StatvfsData:
+    data = pyfuse3.StatvfsData()
+    data.f_bsize = st.bsize
+    data.f_frsize = st.frsize
+    data.f_blocks = st.blocks
+    data.f_bfree = st.bfree
+    data.f_bavail = st.bavail
+    data.f_files = st.files
+    data.f_ffree = st.ffree
+    data.f_favail = st.favail
+    data.f_namemax = st.namemax
+    return data
+
+
+def _setattr_changes(attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> Changes:
+    """pyfuse3 has already resolved UTIME_NOW into the current time and leaves UTIME_OMIT
+    fields unflagged, so "flagged" means "set to this value"."""
+    return Changes(
+        mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+        uid=attr.st_uid if fields.update_uid else None,
+        gid=attr.st_gid if fields.update_gid else None,
+        size=attr.st_size if fields.update_size else None,
+        atime_ns=attr.st_atime_ns if fields.update_atime else None,
+        mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+    )

@@ -71,11 +71,15 @@ IGNORED_FLAGS = frozenset(
 IGNORED_PREFIXES = ("x-", "X-", "comment=")
 
 # Options of the adapter itself (seconds; worker threads for data I/O; microseconds).
-ADAPTER_VALUED = frozenset({"timeout", "lower_timeout", "threads", "busy_poll"})
+ADAPTER_VALUED = frozenset(
+    {"timeout", "lower_timeout", "threads", "busy_poll", "backend", "passthrough"}
+)
+BACKENDS = ("native", "pyfuse3")
 
 DEFAULT_FSNAME = "layerfs"
 DEFAULT_THREADS = 8
 DEFAULT_BUSY_POLL_US = 200  # see fuse_mount.loop
+DEFAULT_BACKEND = "native"  # the faster one: docs/mount.md and docs/performance.md say why
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ class MountOptions:
     timeouts: Timeouts
     threads: int
     busy_poll_us: int = DEFAULT_BUSY_POLL_US
+    backend: str = DEFAULT_BACKEND
+    passthrough: bool = True  # native backend, as root: file I/O bypasses the daemon
 
     @property
     def stack_option_string(self) -> str:
@@ -126,7 +132,16 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
         timeouts=_timeouts(adapter),
         threads=_positive_int(adapter, "threads", DEFAULT_THREADS),
         busy_poll_us=_whole_number(adapter, "busy_poll", DEFAULT_BUSY_POLL_US),
+        backend=_choice(adapter, "backend", BACKENDS, DEFAULT_BACKEND),
+        passthrough=_choice(adapter, "passthrough", ("on", "off"), "on") == "on",
     )
+
+
+def _choice(adapter: dict[str, str], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = adapter.get(key, default)
+    if value not in allowed:
+        raise ConfigError(f"mount option {key}= must be one of {', '.join(allowed)}")
+    return value
 
 
 def _fuse_value(key: str, value: str) -> str:

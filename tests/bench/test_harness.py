@@ -125,19 +125,21 @@ def _outcomes(rows: list[Row]) -> dict[str, str]:
 def test_targets_pass_miss_and_na() -> None:
     rows = summarize(
         [
-            _sample("layerfs", 1.0),
-            _sample("fuse-overlayfs", 2.0),
-            _sample("layerfs", 3.0, workload="walk"),
-            _sample("fuse-overlayfs", 2.0, workload="walk"),
-            _sample("fuse-overlayfs", 2.0, workload="read"),
-            _sample("layerfs", 0.004, workload="chmod", state="fresh"),
+            _sample("layerfs", 1.0, state="fresh"),
+            _sample("fuse-overlayfs", 2.0, state="fresh"),
+            _sample("layerfs", 3.0, workload="walk", state="cold"),
+            _sample("fuse-overlayfs", 2.0, workload="walk", state="cold"),
+            _sample("kernel", 2.0, workload="read"),
+            _sample("layerfs", 1.0, workload="unlink", state="fresh"),
+            _sample("fuse-overlayfs", 1.0, workload="unlink", state="fresh"),
         ]
     )
     outcomes = _outcomes(rows)
-    assert outcomes["stat warm: layerfs/fuse-overlayfs"] == "PASS"
-    assert outcomes["walk warm: layerfs/fuse-overlayfs"] == "MISS"
-    assert outcomes["read warm: layerfs/fuse-overlayfs"] == "n/a"
-    assert outcomes["chmod fresh: layerfs"] == "PASS"
+    assert outcomes["stat fresh: layerfs/fuse-overlayfs"] == "PASS"  # 0.5x: at the limit
+    assert outcomes["stat fresh: layerfs/kernel"] == "n/a"
+    assert outcomes["walk cold: layerfs/fuse-overlayfs"] == "MISS"
+    assert outcomes["read warm: layerfs/kernel"] == "n/a"
+    assert outcomes["unlink fresh: layerfs/fuse-overlayfs"] == "PASS"
 
 
 def test_lookup_target_compares_deepest_with_depth_one() -> None:
@@ -172,7 +174,9 @@ def test_overlay_options_name_lowers_relative_to_their_parent(tmp_path: Path) ->
 
 
 def test_table_shows_medians_ratios_and_targets() -> None:
-    rows = summarize([_sample("layerfs", 0.002), _sample("fuse-overlayfs", 0.004)])
+    rows = summarize(
+        [_sample("layerfs", 0.002, state="cold"), _sample("fuse-overlayfs", 0.004, state="cold")]
+    )
     text = report.table(rows, library=False)
     assert "2 ms" in text and "4 ms" in text
     assert "0.50" in text

@@ -22,13 +22,34 @@ from fuse_mount import daemon, mountinfo
 
 CLI = [sys.executable, "-c", "from layerfs.cli.main import main; main()"]
 CLI_TIMEOUT = 60  # seconds for one CLI call (mount waits for the daemon to be ready)
+BACKENDS = ("native", "pyfuse3")
+_current: dict[str, str] = {}  # the session backend of the running test, when it has one
+
+
+@pytest.fixture(params=BACKENDS, autouse=True)
+def fuse_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of this directory runs once per session backend; ``layerfs mount`` calls
+    made through :func:`run_cli` get ``-o backend=NAME``."""
+    _current["backend"] = request.param
+    try:
+        yield request.param
+    finally:
+        _current.clear()
+
+
+def backend_args(args: tuple[str, ...]) -> list[str]:
+    """*args* of a ``layerfs`` call, with the running test's backend for a mount."""
+    if args and args[0] == "mount" and "backend" in _current:
+        return [*args, "-o", f"backend={_current['backend']}"]
+    return list(args)
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``layerfs ARGS`` in a subprocess, as a user would."""
     done = subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
-    )
+        [*CLI, *backend_args(args)], capture_output=True, text=True, timeout=CLI_TIMEOUT,
+        check=False,
+    )  # fmt: skip
     if check and done.returncode != 0:
         raise AssertionError(f"layerfs {' '.join(args)} failed: {done.stderr.strip()}")
     return done

@@ -17,7 +17,15 @@ import pytest
 
 from fuse_mount import daemon, mountinfo
 from layerfs.errors import ConfigError
-from tests.fuse.conftest import CLI, Mounter, Stackdirs, force_unmount, run_cli, write_tree
+from tests.fuse.conftest import (
+    CLI,
+    Mounter,
+    Stackdirs,
+    backend_args,
+    force_unmount,
+    run_cli,
+    write_tree,
+)
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.timeout(90)]
 
@@ -210,8 +218,8 @@ def test_foreground_and_sigint(mounter: Mounter, tmp_path: Path) -> None:
     assert dirs.mnt is not None
     mnt = dirs.mnt
     log = tmp_path / "fg.log"
-    args = [*CLI, "mount", "--foreground", "--debug", "--log", str(log), *dirs.mount_args()]
-    proc = subprocess.Popen([*args, str(mnt)], stderr=subprocess.PIPE, text=True)
+    args = ("mount", "--foreground", "--debug", "--log", str(log), *dirs.mount_args(), str(mnt))
+    proc = subprocess.Popen([*CLI, *backend_args(args)], stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: mountinfo.find(mnt) is not None, "the foreground mount")
         assert (mnt / "f").read_text() == "x"
@@ -257,8 +265,11 @@ def _check_helper_mount(mounter: Mounter, dirs: Stackdirs, command: list[str]) -
 
 
 def _overlay_options(dirs: Stackdirs) -> str:
+    """The stack as overlay options, with the running test's backend."""
     lowers = ":".join(str(p) for p in dirs.lowers)
-    return f"lowerdir={lowers},upperdir={dirs.upper},workdir={dirs.work}"
+    backend = backend_args(("mount",))[1:]
+    extra = f",{backend[1]}" if backend else ""
+    return f"lowerdir={lowers},upperdir={dirs.upper},workdir={dirs.work}{extra}"
 
 
 def test_mount_t_fuse_layerfs(mounter: Mounter, mount_helper: Path) -> None:
@@ -298,3 +309,36 @@ def test_request_loop_modes(mounter: Mounter, tmp_path: Path, busy_poll: str) ->
     else:
         caught = int(summary[-1].split("busy-poll: ")[1].split()[0])
         assert caught > 0, summary
+
+
+CYCLES = 30
+
+
+def test_mounting_again_right_after_a_plain_umount(mounter: Mounter) -> None:
+    """Mount, plain ``umount`` (which returns before the daemon has exited), mount the same
+    directories again at once, many times: every mount starts, and its pid file names its
+    own daemon (the previous daemon, leaving, must not remove the new one's pid file)."""
+    dirs = mounter.layers({"d/f": "x"})
+    assert dirs.mnt is not None
+    pidfile = daemon.pidfile_path(dirs.mnt)
+    for _ in range(CYCLES):
+        mnt = mounter.mount(dirs)
+        assert (mnt / "d" / "f").read_text() == "x"
+        owner = daemon.read_pidfile(pidfile)
+        subprocess.run(["umount", str(mnt)], check=True)
+        mounter.mounted.remove(mnt)
+        assert owner is not None, "the new daemon's pid file is gone"
+    wait_until(lambda: daemon.read_pidfile(pidfile) is None, "the last daemon to exit")
+
+
+def test_a_start_up_failure_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    """An error raised inside trio's nursery arrives as an exception group whose repr hides
+    the path; the parent gets one line with the reason and the path."""
+    read_end, write_end = os.pipe()
+    missing = tmp_path / "gone" / "mount.pid"
+    error = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(missing))
+    daemon._report_failure(BaseExceptionGroup("Exceptions from Trio nursery", [error]), write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        lines = pipe.read().decode().splitlines()
+    assert lines == [f"No such file or directory: {missing}"]

@@ -155,3 +155,41 @@ def test_concurrent_writers(mounter: Mounter, tmp_path: Path) -> None:
     assert dirs.upper is not None
     for name, data in expected.items():
         assert (dirs.upper / name).read_bytes() == data
+
+
+@pytest.mark.interop
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not (shutil.which("runc") and BUSYBOX.exists()), reason="needs runc")
+def test_runc_runs_a_container_on_the_mount(mounter: Mounter, tmp_path: Path) -> None:
+    """runc runs a container whose root filesystem is the mount (on each backend)."""
+    from tests.fuse.conftest import run_cli
+    from tests.store.builders import E, Image, write_oci_layout
+
+    layer = [
+        E("bin", "dir"),
+        E("bin/busybox", data=BUSYBOX.read_bytes(), mode=0o755),
+        E("bin/sh", "symlink", target="busybox"),
+        E("etc", "dir"),
+        E("etc/motd", data=b"from the image\n"),
+    ]
+    write_oci_layout(tmp_path / "src", [Image("bb:1", [layer])])
+    root = str(tmp_path / "store")
+    run_cli("import", "--root", root, str(tmp_path / "src"), "bb:1")
+    run_cli("create", "--root", root, "--name", "box", "bb:1")
+    bundle = tmp_path / "bundle"
+    script = "cat /etc/motd; echo written > /out"
+    run_cli("bundle", "--root", root, "box", str(bundle), "--", "/bin/sh", "-c", script)
+    rootfs = bundle / "rootfs"
+    run_cli("umount", str(rootfs))  # mounted again with the backend under test
+    mounter.mounted.append(rootfs)
+    run_cli("mount", "--root", root, "box", str(rootfs))
+    name = f"layerfs-fuse-{os.getpid()}-{random.randrange(1 << 30)}"
+    done = subprocess.run(
+        ["runc", "run", "--bundle", str(bundle), name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "from the image\n"
+    assert (rootfs / "out").read_text() == "written\n"
+    mounter.unmount(rootfs)

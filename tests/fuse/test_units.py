@@ -150,3 +150,17 @@ class TestHandleTable:
             table.get(first)
         assert info.value.errno == errno.EBADF
         assert table.statistics().open == 1
+
+
+class TestRetire:
+    def test_a_retired_node_gets_a_new_id_and_the_old_one_keeps_working(self) -> None:
+        table = InodeTable(node(ROOT_INODE))
+        child = node(7)
+        assert table.remember(child) == 7
+        table.retire(7)
+        fresh = table.remember(child)
+        assert fresh != 7 and table.nodeid(child) == fresh
+        assert table.node(7) is child and table.node(fresh) is child
+        assert table.forget(7, 1) is None  # the new id still names it
+        assert table.forget(fresh, 1) is child
+        assert table.nodeid(child) == 7

@@ -1,0 +1,424 @@
+"""The backend-neutral request layer: what every FUSE request does, whoever decoded it.
+
+Both session backends (pyfuse3 in :mod:`fuse_mount.operations`, the native protocol in
+:mod:`fuse_mount.native`) decode a request, call one method here and encode the answer. This
+layer owns what only FUSE has and both backends share: kernel inode numbers with lookup counts
+and forget (:mod:`fuse_mount.inodes`), handle tables (:mod:`fuse_mount.handles`), cache
+timeouts (:mod:`fuse_mount.attrs`), the caller's credentials (:class:`Caller`) and the one
+errno translation (:func:`errno_of`). Every decision about layers, whiteouts and copy-up is
+the stack's.
+
+Methods are synchronous and raise ``OSError`` / ``LayerfsError``; a backend turns those into
+its error replies at one boundary with :func:`errno_of`. Names arrive and leave as the bytes
+the kernel uses; the stack sees them decoded with ``surrogateescape``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import layerfs
+from fuse_mount.attrs import Timeouts
+from fuse_mount.handles import HandleTable, OpenDir, OpenFile
+from fuse_mount.inodes import InodeTable
+from layerfs.errors import LayerfsError
+
+if TYPE_CHECKING:
+    from layerfs import FileHandle, Node, Stack
+    from layerfs.types import Stat, StatFs
+
+log = logging.getLogger(__name__)
+
+# Flags the kernel has already applied by the time a FUSE open/create arrives; the handle must
+# not apply them a second time (O_APPEND: the kernel sends the end-of-file offset itself).
+KERNEL_FLAGS = os.O_APPEND | os.O_NOCTTY | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: the credentials new objects are created with."""
+
+    uid: int
+    gid: int
+    pid: int
+
+    def owner(self) -> dict[str, int]:
+        """The stack's ownership keywords for an object this caller creates."""
+        return {"uid": self.uid, "gid": self.gid}
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """Attributes for a reply and how long the kernel may cache them (seconds)."""
+
+    st: Stat
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A reply that names an object: ``st`` is None for "no such name" (a negative entry).
+
+    When ``st`` is set the lookup count of ``nodeid`` (the kernel's name for the object,
+    usually ``st.ino``) has been raised by one already.
+    """
+
+    st: Stat | None
+    entry_timeout: float
+    attr_timeout: float
+    nodeid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An open file: its handle number, whether its cached pages stay valid, the handle."""
+
+    fh: int
+    keep_cache: bool
+    handle: FileHandle
+    nodeid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """The fields of a setattr, each None when it is not to change."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+    def keywords(self) -> dict[str, int]:
+        return {k: v for k, v in _fields(self).items() if v is not None}
+
+
+def _fields(changes: Changes) -> dict[str, int | None]:
+    return {name: getattr(changes, name) for name in Changes.__dataclass_fields__}
+
+
+Invalidate = Callable[[int], None]
+"""Tells the kernel to drop its cached attributes of one inode (a notification)."""
+
+
+def errno_of(exc: BaseException, what: str) -> int:
+    """The one errno translation: OSError by its errno, LayerfsError by its class's errno.
+
+    Anything else is a bug: it is logged with its traceback and the caller gets EIO.
+    """
+    if isinstance(exc, OSError):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("<- %s: %s", what, exc)
+        return exc.errno or errno.EIO
+    if isinstance(exc, LayerfsError):
+        log.warning("%s: %s", what, exc)
+        return exc.errno
+    log.error("%s failed", what, exc_info=exc)
+    return errno.EIO
+
+
+def decode(name: bytes) -> str:
+    return os.fsdecode(name)
+
+
+class Requests:
+    """A :class:`layerfs.Stack` as the FUSE protocol sees it (see the module docstring)."""
+
+    def __init__(self, stack: Stack, timeouts: Timeouts) -> None:
+        self.stack = stack
+        self.timeouts = timeouts
+        self.inodes = InodeTable(stack.root)
+        self.files: HandleTable[OpenFile] = HandleTable()
+        self.dirs: HandleTable[OpenDir] = HandleTable()
+        self.invalidate: Invalidate | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _timeout(self, node: Node) -> float:
+        return self.timeouts.for_object(node.lower_only)
+
+    def _entry(self, node: Node, st: Stat) -> Entry:
+        """Hand *node* to the kernel: counts one lookup."""
+        nodeid = self.inodes.remember(node)
+        timeout = self._timeout(node)
+        return Entry(st, timeout, timeout, nodeid)
+
+    def _drop(self, node: Node | None) -> None:
+        """The kernel no longer refers to *node*: let the stack free it (bounded memory)."""
+        if node is not None:
+            self.stack.forget(node)
+
+    def _changed(self, node: Node) -> None:
+        """After a change that may have copied *node* and its ancestors up: the kernel may hold
+        their attributes with the long lower-only timeout, and a copied-up directory reports
+        other attributes (a merged directory's nlink is 1), so those inodes are invalidated."""
+        if self.invalidate is None:
+            return
+        current: Node | None = node
+        while current is not None and current.aliases:
+            if not self.inodes.became_upper(current):
+                break
+            self.invalidate(self.inodes.nodeid(current))
+            current = current.aliases[0].parent
+
+    def shutdown(self) -> None:
+        """Close what the kernel left open at unmount (it sends no release/forget then)."""
+        for item in self.files.drain():
+            item.handle.close()
+        self.dirs.drain()
+        self.inodes.clear()
+
+    # -- names -----------------------------------------------------------------------------
+    def lookup(self, parent_ino: int, name: bytes) -> Entry:
+        parent = self.inodes.node(parent_ino)
+        try:
+            node, st = self.stack.lookup_attr(parent, decode(name))
+        except FileNotFoundError:
+            timeout = self._timeout(parent)
+            return Entry(None, timeout, timeout)
+        return self._entry(node, st)
+
+    def forget(self, items: Iterable[tuple[int, int]]) -> None:
+        """Drop lookups; never raises (there is no request to answer)."""
+        for ino, count in items:
+            try:
+                self._drop(self.inodes.forget(ino, count))
+            except Exception:
+                log.exception("forget(%d, %d) failed", ino, count)
+
+    def getattr(self, ino: int, fh: int | None = None) -> Attr:
+        node = self.inodes.node(ino)
+        try:
+            st = self.stack.getattr(node)
+        except FileNotFoundError:
+            # Unlinked but still open: the open handle still reaches the object.
+            item = self.files.get(fh) if fh else next(self.files.of_inode(ino), None)
+            if item is None:
+                raise
+            st = item.handle.stat()
+        return Attr(st, self._timeout(node))
+
+    def setattr(self, ino: int, changes: Changes, fh: int | None) -> Attr:
+        """ftruncate through the open handle when there is one (its name may be gone)."""
+        node = self.inodes.node(ino)
+        handle = self.files.get(fh).handle if fh else None
+        fields = changes.keywords()
+        if handle is not None and "size" in fields:
+            handle.truncate(fields.pop("size"))
+            st = self.stack.setattr(node, **fields) if fields else handle.stat()
+        else:
+            st = self.stack.setattr(node, **fields)
+        self._changed(node)
+        return Attr(st, self._timeout(node))
+
+    def readlink(self, ino: int) -> bytes:
+        return os.fsencode(self.stack.readlink_node(self.inodes.node(ino)))
+
+    def _created(self, parent: Node, node: Node) -> Entry:
+        self._changed(parent)
+        return self._entry(node, self.stack.getattr(node))
+
+    def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Entry:
+        parent = self.inodes.node(parent_ino)
+        node = self.stack.mknod_at(parent, decode(name), mode, rdev, **caller.owner())
+        return self._created(parent, node)
+
+    def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Entry:
+        parent = self.inodes.node(parent_ino)
+        node = self.stack.mkdir_at(parent, decode(name), mode, **caller.owner())
+        return self._created(parent, node)
+
+    def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Entry:
+        parent = self.inodes.node(parent_ino)
+        node = self.stack.symlink_at(parent, decode(name), decode(target), **caller.owner())
+        return self._created(parent, node)
+
+    def link(self, ino: int, parent_ino: int, name: bytes) -> Entry:
+        node = self.inodes.node(ino)
+        parent = self.inodes.node(parent_ino)
+        linked = self.stack.link_at(node, parent, decode(name))
+        self._changed(node)
+        return self._created(parent, linked)
+
+    def unlink(self, parent_ino: int, name: bytes) -> None:
+        parent = self.inodes.node(parent_ino)
+        self.stack.unlink_at(parent, decode(name))
+        self._changed(parent)
+
+    def rmdir(self, parent_ino: int, name: bytes) -> None:
+        parent = self.inodes.node(parent_ino)
+        self.stack.rmdir_at(parent, decode(name))
+        self._changed(parent)
+
+    def rename(
+        self, old_parent_ino: int, old: bytes, new_parent_ino: int, new: bytes, flags: int
+    ) -> None:
+        """*flags*: 0, :data:`layerfs.RENAME_NOREPLACE` or :data:`layerfs.RENAME_EXCHANGE`."""
+        if flags not in (0, layerfs.RENAME_NOREPLACE, layerfs.RENAME_EXCHANGE):
+            raise OSError(errno.EINVAL, "unsupported rename flags")
+        old_parent = self.inodes.node(old_parent_ino)
+        new_parent = self.inodes.node(new_parent_ino)
+        self.stack.rename_at(old_parent, decode(old), new_parent, decode(new), flags)
+        self._changed(old_parent)
+        self._changed(new_parent)
+
+    # -- files -----------------------------------------------------------------------------
+    @staticmethod
+    def open_may_copy_up(flags: int) -> bool:
+        """Whether an open with *flags* may copy up (so may take long: run it in a thread)."""
+        return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+    def open(self, ino: int, flags: int) -> Opened:
+        node = self.inodes.node(ino)
+        handle = self.stack.open_node(node, flags & ~KERNEL_FLAGS)
+        if handle.writable:
+            self._changed(node)
+        return self._register(node, handle, ino)
+
+    def create(
+        self, parent_ino: int, name: bytes, flags: int, mode: int, caller: Caller
+    ) -> tuple[Opened, Entry]:
+        parent = self.inodes.node(parent_ino)
+        node, handle = self.stack.create(
+            parent, decode(name), flags & ~KERNEL_FLAGS, mode, **caller.owner()
+        )
+        self._changed(parent)
+        entry = self._entry(node, handle.stat())
+        return self._register(node, handle, entry.nodeid), entry
+
+    def _register(self, node: Node, handle: FileHandle, nodeid: int) -> Opened:
+        """Register *handle*; a file that lives only in lower layers keeps its page cache."""
+        self.inodes.pin(nodeid)
+        lower_only = node.lower_only and not handle.writable
+        fh = self.files.add(OpenFile(nodeid, handle, lower_only))
+        return Opened(fh, lower_only, handle, nodeid)
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        return self.files.get(fh).handle.read(size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
+        """Write all of *data*: without direct_io the kernel expects every byte to be taken."""
+        handle = self.files.get(fh).handle
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += handle.write(bytes(view[done:]), offset + done)
+        return done
+
+    def release(self, fh: int) -> OpenFile:
+        item = self.files.pop(fh)
+        try:
+            item.handle.close()
+        finally:
+            self._drop(self.inodes.unpin(item.ino))
+        return item
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        self.files.get(fh).handle.fsync(datasync)
+
+    # -- directories -----------------------------------------------------------------------
+    def opendir(self, ino: int) -> int:
+        node = self.inodes.node(ino)
+        names = self.stack.listdir_node(node)
+        self.inodes.pin(ino)
+        return self.dirs.add(OpenDir(ino, names))
+
+    def opendir_is_lower_only(self, fh: int) -> bool:
+        """Whether the listing of directory handle *fh* can never change (lower-only)."""
+        return self.inodes.node(self.dirs.get(fh).ino).lower_only
+
+    def readdir(
+        self, fh: int, start: int, emit: Callable[[bytes, Entry, int], bool], plus: bool
+    ) -> None:
+        """Offer entries from index *start* to *emit(name, entry, next_offset)* until it says
+        the reply is full (False). With *plus*, each accepted entry counts one lookup (the
+        kernel keeps it as a dentry); without, ``entry.st`` is a stat the kernel only reads
+        for the inode number and type.
+
+        One name at a time: when the reply fills (in large directories) a name looked up
+        beyond it would cost a host stat for nothing.
+        """
+        listing = self.dirs.get(fh)
+        directory = self.inodes.node(listing.ino)
+        stack = self.stack
+        for index in range(start, len(listing.names)):
+            name = listing.names[index]
+            try:
+                node, st = stack.lookup_attr(directory, name)
+            except FileNotFoundError:
+                continue  # removed since opendir: may be left out, never repeated
+            timeout = self._timeout(node)
+            entry = Entry(st, timeout, timeout, self.inodes.nodeid(node))
+            if not emit(os.fsencode(name), entry, index + 1):
+                return
+            if plus:
+                self.inodes.remember(node)
+
+    def releasedir(self, fh: int) -> None:
+        self._drop(self.inodes.unpin(self.dirs.pop(fh).ino))
+
+    def fsyncdir(self, fh: int) -> None:
+        self.dirs.get(fh)  # namespace changes reach the host as they happen
+
+    # -- extended attributes ---------------------------------------------------------------
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        return self.stack.getxattr_node(self.inodes.node(ino), decode(name))
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        node = self.inodes.node(ino)
+        self.stack.setxattr_node(node, decode(name), value, flags)
+        self._changed(node)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return [os.fsencode(n) for n in self.stack.listxattr_node(self.inodes.node(ino))]
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        node = self.inodes.node(ino)
+        self.stack.removexattr_node(node, decode(name))
+        self._changed(node)
+
+    # -- filesystem ------------------------------------------------------------------------
+    def statfs(self) -> StatFs:
+        return self.stack.statfs()
+
+    def access(self, ino: int, mode: int, caller: Caller, groups: set[int]) -> bool:
+        """Only asked without default_permissions, which every mount sets; answered from the
+        mode bits anyway so the answer is never wrong."""
+        st = self.stack.getattr(self.inodes.node(ino))
+        return may_access(st, mode, caller.uid, {caller.gid} | groups)
+
+
+def may_access(st: Stat, mode: int, uid: int, groups: set[int]) -> bool:
+    if mode == os.F_OK:
+        return True
+    if uid == 0:
+        return not (mode & os.X_OK) or bool(st.mode & 0o111) or stat.S_ISDIR(st.mode)
+    if st.uid == uid:
+        bits = (st.mode >> 6) & 0o7
+    elif st.gid in groups:
+        bits = (st.mode >> 3) & 0o7
+    else:
+        bits = st.mode & 0o7
+    return mode & bits == mode
+
+
+def describe(result: Any) -> str:
+    """A short, readable form of an answer for the debug log."""
+    if isinstance(result, Entry):
+        st = result.st
+        return "negative" if st is None else f"ino={st.ino} mode={st.mode:o} size={st.size}"
+    if isinstance(result, Attr):
+        return f"ino={result.st.ino} mode={result.st.mode:o} size={result.st.size}"
+    if isinstance(result, Opened):
+        return f"fh={result.fh} keep_cache={result.keep_cache}"
+    if isinstance(result, tuple):
+        return ", ".join(describe(item) for item in result)
+    if isinstance(result, (bytes, bytearray, memoryview)) and len(result) > 64:
+        return f"<{len(result)} bytes>"
+    return repr(result)

@@ -1,0 +1,171 @@
+"""File I/O through the mount beside kernel overlayfs: copy-up under an open file, setuid
+clearing by an unprivileged writer, and how much page cache two mounts of one image take."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fuse.conftest import Mounter, Stackdirs, write_tree
+
+pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.kernel, pytest.mark.timeout(120)]
+
+MIB = 1 << 20
+
+
+@contextlib.contextmanager
+def kernel_overlay(base: Path, files: dict[str, str | bytes | None]) -> Iterator[Path]:
+    """Kernel overlayfs over one lower made of *files*, with its defaults (and allow_other
+    needs nothing there: the kernel checks permissions as for any filesystem)."""
+    lower, upper, work, mnt = (write_tree(base / n, {}) for n in ("kl", "ku", "kw", "km"))
+    write_tree(lower, files)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def reads_around_copy_up(mnt: Path) -> dict[str, bytes]:
+    """Open read-only and map, then copy the file up by writing through a second open."""
+    path = mnt / "f"
+    fd1 = os.open(path, os.O_RDONLY)
+    try:
+        before = mmap.mmap(fd1, 10, prot=mmap.PROT_READ)
+        fd2 = os.open(path, os.O_WRONLY)
+        os.pwrite(fd2, b"UPPER-DATA", 0)
+        os.close(fd2)
+        after = mmap.mmap(fd1, 10, prot=mmap.PROT_READ)
+        fd3 = os.open(path, os.O_RDONLY)
+        seen = {
+            "read(old fd)": os.pread(fd1, 10, 0),
+            "mmap before": before[:],
+            "mmap after, old fd": after[:],
+            "read(new fd)": os.pread(fd3, 10, 0),
+        }
+        os.close(fd3)
+        before.close()
+        after.close()
+        return seen
+    finally:
+        os.close(fd1)
+
+
+def test_reading_a_file_that_is_copied_up_while_open(
+    mounter: Mounter, tmp_path: Path, fuse_backend: str
+) -> None:
+    """Kernel overlayfs: read(2) on a descriptor opened before the copy-up sees the upper
+    data, a mapping keeps the lower data (also one made after the copy-up through the old
+    descriptor). With passthrough (the native backend as root) the old descriptor keeps
+    reading the lower file: a difference listed in docs/semantics.md. The open for writing
+    succeeds although the lower file is still open for passthrough (a new kernel inode)."""
+    files: dict[str, str | bytes | None] = {"f": "lower-data"}
+    with kernel_overlay(tmp_path / "k", files) as kmnt:
+        kernel = reads_around_copy_up(kmnt)
+    assert kernel == {
+        "read(old fd)": b"UPPER-DATA",
+        "mmap before": b"lower-data",
+        "mmap after, old fd": b"lower-data",
+        "read(new fd)": b"UPPER-DATA",
+    }
+    mnt = mounter.mount(mounter.layers(files))
+    seen = reads_around_copy_up(mnt)
+    expected = dict(kernel)
+    if fuse_backend == "native":
+        expected["read(old fd)"] = b"lower-data"  # the passthrough file holds the lower file
+    else:
+        # one page cache per FUSE inode: the write went into it, so every view shows it
+        expected.update({"mmap before": b"UPPER-DATA", "mmap after, old fd": b"UPPER-DATA"})
+    assert seen == expected
+    assert (mnt / "f").read_bytes() == b"UPPER-DATA"
+
+
+WRITER = """
+import os, sys
+d = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+os.setgroups([]); os.setgid(4321); os.setuid(1234)
+fd = os.open("prog", os.O_WRONLY, dir_fd=d)
+os.pwrite(fd, b"#", 0)
+os.close(fd)
+"""
+
+
+def setuid_after_unprivileged_write(mnt: Path, upper: Path | None = None) -> tuple[int, int]:
+    """Mode bits of ``prog`` after a process without CAP_FSETID wrote to it."""
+    os.chmod(mnt, 0o755)
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, str(mnt)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    mode = stat.S_IMODE(os.stat(mnt / "prog").st_mode)
+    host = stat.S_IMODE(os.stat(upper / "prog").st_mode) if upper else mode
+    return mode, host
+
+
+def test_unprivileged_write_clears_setuid_and_setgid(mounter: Mounter, tmp_path: Path) -> None:
+    """A write by a caller without CAP_FSETID clears S_ISUID and S_ISGID (group-executable),
+    as on the kernel; with passthrough the write itself runs with the daemon's credentials,
+    but the kernel removes the bits through a SETATTR before it passes the write on."""
+    files: dict[str, str | bytes | None] = {"prog": "#!/bin/sh\n"}
+    with kernel_overlay(tmp_path / "k", files) as kmnt:
+        os.chmod(kmnt / "prog", 0o6777)
+        kernel, _ = setuid_after_unprivileged_write(kmnt)
+    assert kernel == 0o0777
+    dirs: Stackdirs = mounter.layers(files)
+    mnt = mounter.mount(dirs, "-o", "allow_other")
+    os.chmod(mnt / "prog", 0o6777)
+    assert setuid_after_unprivileged_write(mnt, dirs.upper) == (kernel, kernel)
+
+
+def cached_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Cached:"):
+            return int(line.split()[1])
+    raise AssertionError("no Cached: line in /proc/meminfo")
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_two_mounts_of_one_image_share_its_page_cache(
+    mounter: Mounter, tmp_path: Path, fuse_backend: str
+) -> None:
+    """One 64 MiB lower file read through two mounts of the same layers: with passthrough the
+    page cache holds it once (the lower file's pages); without, each FUSE inode holds its own
+    copy besides the lower file's (three in all)."""
+    size = 64 * MIB
+    lower = write_tree(tmp_path / "image", {})
+    (lower / "big").write_bytes(os.urandom(size))
+    mounts = []
+    for name in ("a", "b"):
+        dirs = Stackdirs(base=tmp_path / name, lowers=[lower])
+        dirs.upper, dirs.work = write_tree(dirs.base / "u", {}), write_tree(dirs.base / "w", {})
+        dirs.mnt = write_tree(dirs.base / "m", {})
+        mounts.append(mounter.mount(dirs))
+    evict(lower / "big")
+    before = cached_kib()
+    for mnt in mounts:
+        with open(mnt / "big", "rb") as f:
+            while f.read(MIB):
+                pass
+    added = (cached_kib() - before) * 1024
+    if fuse_backend == "native":
+        assert added < 1.5 * size, f"{added / MIB:.0f} MiB of page cache for a 64 MiB file"
+    else:
+        assert added > 2.5 * size, f"{added / MIB:.0f} MiB of page cache for a 64 MiB file"
