@@ -119,6 +119,11 @@ def _endpoints(remote: RemoteReference, config: RegistryConfig, insecure: bool) 
     return [*out, f"{'http' if plain else 'https'}://{own}"]
 
 
+def pull_endpoints(remote: RemoteReference, options: Options) -> list[str]:
+    """The endpoint URLs a pull of *remote* tries, in order: its mirrors, then the registry."""
+    return _endpoints(remote, load_registry_config(options.config_dir), options.insecure)
+
+
 def _mirror_url(mirror: str, config: RegistryConfig) -> str:
     if "://" in mirror:
         return mirror.rstrip("/")
