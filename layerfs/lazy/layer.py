@@ -5,8 +5,10 @@ the store's chunk cache (by digest: a chunk any image already fetched is never f
 again), the layer's partial blob (bytes fetched earlier, e.g. by background completion), or
 the registry (one merged range request for all the chunks of the read that are missing). The
 compressed bytes are kept in the partial blob, the decoded chunk is checked against its TOC
-digest, kept in the chunk cache, and only then served: a chunk that does not match is never
-served (:class:`DigestMismatchError`, which the FUSE boundary turns into ``EIO``).
+digest, kept in the chunk cache, and only then served. Bytes that do not decode to their
+digest are dropped from the partial blob and fetched once more; if they are wrong again the
+read fails with :class:`DigestMismatchError` (``EIO`` at the FUSE boundary) and one log line:
+a chunk that does not match is never served.
 
 Reads record the order in which files are first read (``.order``): the next background
 completion of the layer fetches them first (:func:`priority_ranges`).
@@ -19,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
-from layerfs.errors import oserror
+from layerfs.errors import DigestMismatchError, LayerFormatError, oserror
 from layerfs.lazy.decode import decompress, verify, zeros
 from layerfs.lazy.toc import Chunk, EntryType, Toc, TocEntry
 from layerfs.store.partial import LazyStore, PartialBlob, merge, subtract
@@ -135,13 +137,27 @@ class LazyLayer:
             if cached is not None:
                 found[chunk.offset] = cached
         needed = [c for c in chunks if c.offset not in found]
-        self.filler.ensure_ranges([(c.start, c.end) for c in needed])
-        for chunk in needed:
-            raw = self.partial.read(chunk.start, chunk.end)
-            content = verify(chunk, decompress(self.toc.format, chunk, raw), entry.path)
-            self.lazy.chunks.put(chunk.digest, content)
-            found[chunk.offset] = content
+        for attempt in range(2):
+            self.filler.ensure_ranges([(c.start, c.end) for c in needed])
+            bad: list[Chunk] = []
+            for chunk in needed:
+                try:
+                    found[chunk.offset] = self._decode(entry, chunk)
+                except (DigestMismatchError, LayerFormatError) as exc:
+                    self.partial.drop(chunk.start, chunk.end)
+                    if attempt:
+                        log.error("layer %s: %s: %s", self.digest, entry.path, exc)
+                        raise
+                    bad.append(chunk)
+            needed = bad
         return [found[c.offset] for c in chunks]
+
+    def _decode(self, entry: TocEntry, chunk: Chunk) -> bytes:
+        """The verified content of *chunk* from the partial blob, kept in the chunk cache."""
+        raw = self.partial.read(chunk.start, chunk.end)
+        content = verify(chunk, decompress(self.toc.format, chunk, raw), entry.path)
+        self.lazy.chunks.put(chunk.digest, content)
+        return content
 
     def _note(self, path: str) -> None:
         if not self._record:

@@ -9,6 +9,7 @@ A lazily pulled image is in ``index.json`` like any other, with its manifest and
     layers/<blob hex>.order  paths in the order a container first read them (one per line)
     blobs/<blob hex>.part    the blob's bytes fetched so far, at their offsets (sparse file)
     blobs/<blob hex>.ranges  which byte ranges of .part are present: "START END" lines
+                             (and "- START END" for bytes found corrupt and dropped)
     chunks/sha256/<hex>      file content and chunks by digest, verified, shared by all layers
 
 Bytes are written to ``.part`` and fsync'ed before their range is appended to ``.ranges``, so
@@ -123,6 +124,12 @@ def subtract(start: int, end: int, have: list[tuple[int, int]]) -> list[tuple[in
     return out
 
 
+def _without(span: tuple[int, int], cut: tuple[int, int]) -> list[tuple[int, int]]:
+    """The parts of *span* outside *cut*."""
+    left, right = (span[0], min(span[1], cut[0])), (max(span[0], cut[1]), span[1])
+    return [p for p in (left, right) if p[1] > p[0]]
+
+
 class PartialBlob:
     """The fetched bytes of one blob and the log of which ranges they are; thread-safe.
 
@@ -152,15 +159,22 @@ class PartialBlob:
             return
         if st.st_size == self._log_size:
             return
-        spans = []
+        have: list[tuple[int, int]] = []
         text = self.log_path.read_text(errors="replace")
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) == 2 and all(p.isdigit() for p in parts):
-                start, end = int(parts[0]), int(parts[1])
-                if 0 <= start < end <= self.size:
-                    spans.append((start, end))
-        self._have, self._log_size = merge(spans), len(text.encode())
+            dropped = len(parts) == 3 and parts[0] == "-"
+            numbers = parts[1:] if dropped else parts
+            if len(numbers) != 2 or not all(p.isdigit() for p in numbers):
+                continue
+            start, end = int(numbers[0]), int(numbers[1])
+            if not 0 <= start < end <= self.size:
+                continue
+            if dropped:
+                have = [p for s, e in have for p in _without((s, e), (start, end))]
+            else:
+                have = merge([*have, (start, end)])
+        self._have, self._log_size = have, len(text.encode())
 
     def present(self) -> list[tuple[int, int]]:
         """The ranges present, merged."""
@@ -207,6 +221,14 @@ class PartialBlob:
             log.flush()
             os.fsync(log.fileno())
             self._log_size = -1  # re-read on the next query
+
+    def drop(self, start: int, end: int) -> None:
+        """Forget the bytes ``start..end`` (found corrupt): they are fetched again when needed."""
+        with self._lock, self._log_locked() as log:
+            log.write(f"- {start} {end}\n".encode())
+            log.flush()
+            os.fsync(log.fileno())
+            self._log_size = -1
 
     @contextlib.contextmanager
     def _log_locked(self) -> Iterator[Any]:
