@@ -14,6 +14,7 @@ A chunk's compressed bytes run from its ``offset`` to the next larger offset any
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
@@ -83,7 +84,8 @@ def gunzip(data: bytes, limit: int, what: str) -> bytes:
 
 
 def read_toc(annotations: Mapping[str, str], source: BlobRanges) -> tuple[Toc, bytes]:
-    """Fetch, verify and parse the TOC; return it and the TOC JSON bytes (as verified)."""
+    """Fetch, verify and parse the TOC; return it and the TOC member's tar bytes (header and
+    JSON), which :func:`load_stored` parses again."""
     size = source.size
     if size < FOOTER_SIZE:
         raise LayerFormatError("not an eStargz blob: shorter than its footer")
@@ -91,22 +93,48 @@ def read_toc(annotations: Mapping[str, str], source: BlobRanges) -> tuple[Toc, b
     if not 0 <= toc_offset < size - FOOTER_SIZE:
         raise LayerFormatError(f"eStargz footer: TOC offset {toc_offset} outside the blob")
     plain = gunzip(source.read(toc_offset, size - FOOTER_SIZE), MAX_TOC_SIZE + 4096, "eStargz TOC")
-    data = _toc_member(plain)
-    return load_stored(annotations, data, size, toc_offset), data
+    return load_stored(annotations, plain, size, toc_offset), plain
 
 
 def load_stored(
-    annotations: Mapping[str, str], data: bytes, blob_size: int, toc_offset: int
+    annotations: Mapping[str, str], plain: bytes, blob_size: int, toc_offset: int
 ) -> Toc:
-    """Verify TOC JSON *data* against the descriptor's TOC digest, then parse it."""
+    """Verify the TOC in the tar bytes *plain* against the descriptor's TOC digest, then
+    parse it.
+
+    The TOC file itself is a tar entry of the layer (``stargz.index.json``, what ``umoci
+    unpack`` and every non-lazy runtime show), so it becomes an entry of the :class:`Toc` too,
+    whose one chunk is the TOC member, checked by the same digest.
+    """
+    member, data = _toc_member(plain)
     expected = annotations.get(TOC_DIGEST_ANNOTATION, "")
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise DigestMismatchError(f"eStargz TOC hashes to {actual}, the manifest says {expected}")
-    return parse_toc(data, blob_size, toc_offset)
+    own = {
+        "type": "reg",
+        "name": TOC_NAME,
+        "mode": member.mode,
+        "uid": member.uid,
+        "gid": member.gid,
+        "size": member.size,
+        "modtime": _rfc3339(member.mtime),
+        "offset": toc_offset,
+        "innerOffset": member.offset_data,
+        "chunkDigest": expected,
+        "digest": expected,
+    }
+    return parse_toc(data, blob_size, toc_offset, own)
 
 
-def _toc_member(plain: bytes) -> bytes:
+def _rfc3339(mtime: float) -> str | None:
+    if not mtime:
+        return None
+    stamp = datetime.datetime.fromtimestamp(int(mtime), datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _toc_member(plain: bytes) -> tuple[tarfile.TarInfo, bytes]:
     try:
         with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as tar:
             member = tar.next()
@@ -116,7 +144,7 @@ def _toc_member(plain: bytes) -> bytes:
                 raise LayerFormatError(f"eStargz TOC larger than {MAX_TOC_SIZE} bytes")
             stream = tar.extractfile(member)
             assert stream is not None  # a regular member always has a stream
-            return stream.read()
+            return member, stream.read()
     except tarfile.TarError as exc:
         raise LayerFormatError(f"eStargz TOC: not a tar entry ({exc})") from exc
 
@@ -135,9 +163,12 @@ def load_entries(data: bytes, what: str) -> list[dict[str, Any]]:
     return entries
 
 
-def parse_toc(data: bytes, blob_size: int, toc_offset: int) -> Toc:
-    """Build the :class:`Toc` of verified TOC JSON *data*."""
-    docs = load_entries(data, "eStargz TOC")
+def parse_toc(
+    data: bytes, blob_size: int, toc_offset: int, own: dict[str, Any] | None = None
+) -> Toc:
+    """Build the :class:`Toc` of verified TOC JSON *data*; *own* is the entry of the TOC file
+    itself (added last, where the layer tar has it)."""
+    docs = load_entries(data, "eStargz TOC") + ([own] if own else [])
     starts = content_starts(docs)
     raw: list[RawEntry] = []
     files: dict[str, RawEntry] = {}
@@ -147,19 +178,19 @@ def parse_toc(data: bytes, blob_size: int, toc_offset: int) -> Toc:
             owner = files.get(toc_path(doc.get("name"), what))
             if owner is None:
                 raise LayerFormatError(f"TOC entry {what!r}: chunk of no earlier regular file")
-            owner.chunks.append(_chunk(doc, what, starts, toc_offset))
+            owner.chunks.append(_chunk(doc, what, starts, blob_size - FOOTER_SIZE))
             continue
         item = RawEntry(doc)
         if doc.get("type") == "reg" and int_field(doc, "size", what):
-            item.chunks.append(_chunk(doc, what, starts, toc_offset))
+            item.chunks.append(_chunk(doc, what, starts, blob_size - FOOTER_SIZE))
             files[toc_path(doc.get("name"), what)] = item
         raw.append(item)
-    return build_toc(TocFormat.ESTARGZ, blob_size, raw, toc_offset)
+    return build_toc(TocFormat.ESTARGZ, blob_size, raw, toc_offset, blob_size - FOOTER_SIZE)
 
 
-def _chunk(doc: dict[str, Any], what: str, starts: list[int], toc_offset: int) -> RawChunk:
+def _chunk(doc: dict[str, Any], what: str, starts: list[int], last_end: int) -> RawChunk:
     start = int_field(doc, "offset", what)
-    end = next_start(starts, start, toc_offset)
+    end = next_start(starts, start, last_end)
     digest = doc.get("chunkDigest")
     return RawChunk(
         offset=int_field(doc, "chunkOffset", what),

@@ -47,6 +47,7 @@ class _RecordLayers:
     def __init__(self, options: Options, prefetch: bool) -> None:
         self.options = options
         self.prefetch = prefetch
+        self.added: list[str] = []  # layers this pull recorded
 
     def __call__(self, store: Store, remote: RemoteReference, layer: Descriptor) -> None:
         existing = store.lazy.record(layer.digest)
@@ -71,15 +72,30 @@ class _RecordLayers:
             self.prefetch,
         )
         store.lazy.add(record, toc)
+        self.added.append(layer.digest)
 
 
 def pull_lazy(
     store: Store, ref: str, options: Options | None = None, *, prefetch: bool = True
 ) -> PullResult:
     """Pull *ref* lazily (see the module docstring); *prefetch* ``False`` records that only
-    what is read is ever fetched for these layers (no background completion)."""
+    what is read is ever fetched for these layers (no background completion).
+
+    Raises what :func:`layerfs.registry.pull` raises, and :class:`LayerFormatError` or
+    :class:`DigestMismatchError` for a TOC that is hostile or does not match its
+    annotation; a failed pull leaves no partial layer behind.
+    """
     opts = options or Options()
-    return pull(store, ref, opts, _RecordLayers(opts, prefetch))
+    recorder = _RecordLayers(opts, prefetch)
+    try:
+        return pull(store, ref, opts, recorder)
+    except BaseException:
+        with store.writing():
+            used = {d.digest for image in store.images() for d in image.layers}
+            for digest in recorder.added:
+                if digest not in used:
+                    store.lazy.forget(digest)
+        raise
 
 
 def pull_complete(store: Store, ref: str, options: Options | None = None) -> PullResult:

@@ -108,7 +108,8 @@ class Toc:
     """A checked TOC: entries in TOC order and by path, and the prioritised paths.
 
     ``prioritized`` lists the regular files eStargz puts before its ``.prefetch.landmark``,
-    in that order (empty otherwise). Landmark files are not entries of the layer.
+    in that order (empty otherwise). Landmark files, like every tar entry of the layer, are
+    entries (``umoci unpack`` and non-lazy runtimes show them too).
     """
 
     format: TocFormat
@@ -244,17 +245,22 @@ def xattrs_field(doc: Mapping[str, Any], what: str) -> dict[str, bytes]:
 
 
 def build_toc(
-    fmt: TocFormat, blob_size: int, raw: list[RawEntry], content_end: int | None = None
+    fmt: TocFormat,
+    blob_size: int,
+    raw: list[RawEntry],
+    content_end: int | None = None,
+    chunk_end: int | None = None,
 ) -> Toc:
     """Check *raw* entries and build the :class:`Toc` (see the module docstring).
 
-    Every chunk must lie in ``[0, content_end)`` of the blob (*content_end* defaults to the
-    blob size: the TOC and footer follow the content), inside its file, with the chunks of a
-    file covering it exactly once in order.
+    Every chunk must lie in ``[0, chunk_end)`` of the blob (default: *content_end*, which
+    defaults to the blob size: the TOC and footer follow the content), inside its file, with
+    the chunks of a file covering it exactly once in order.
     """
     if len(raw) > MAX_ENTRIES:
         raise LayerFormatError(f"TOC has {len(raw)} entries, more than {MAX_ENTRIES}")
     limit = blob_size if content_end is None else content_end
+    chunks_limit = limit if chunk_end is None else chunk_end
     entries: list[TocEntry] = []
     by_path: dict[str, TocEntry] = {}
     prioritized: list[str] = []
@@ -262,12 +268,11 @@ def build_toc(
     for item in raw:
         name = item.doc.get("name")
         path = toc_path(name, str(name))
-        if path.lstrip("/") in LANDMARKS:
+        if path.lstrip("/") in LANDMARKS and not landmark_seen:
             landmark_seen = True
             if path.lstrip("/") == PREFETCH_LANDMARK:
                 prioritized = [e.path for e in entries if e.type is EntryType.REG]
-            continue
-        entry = _entry(item, path, limit)
+        entry = _entry(item, path, chunks_limit)
         if entry.type is EntryType.HARDLINK and entry.hardlink not in by_path:
             raise bad(path, f"hard link to {entry.hardlink!r}, which no earlier entry is")
         entries.append(entry)

@@ -54,6 +54,28 @@ class Images:
     gzip: str
     zstd_chunked: str
     estargz: str
+    work: Path
+
+    def unpacked(self, form: str) -> Path:
+        """``umoci unpack`` of the image *form* names, as the registry has it (an eStargz
+        layer carries its TOC and landmark files as tar entries). Debian's umoci reads no
+        zstd layers; skopeo made the zstd:chunked layers from the layout's own tars, so the
+        layout's unpack is their tree."""
+        if form != "estargz":
+            return self.rootfs
+        target = self.work / f"unpacked-{form}"
+        if not target.is_dir():
+            layout = self.work / f"copy-{form}"
+            sh(
+                "skopeo",
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+                f"docker://{getattr(self, form)}",
+                f"oci:{layout}:{NAME}",
+            )
+            sh("umoci", "unpack", "--image", f"{layout}:{NAME}", target)
+        return target / "rootfs"
 
 
 @pytest.fixture(scope="module")
@@ -69,4 +91,4 @@ def images(
     prioritised = ["etc/motd", "bin/busybox"]
     esgz_ref = f"{registry.host}/lazy/app:estargz"
     push_estargz(containerd, gzip_ref, esgz_ref, record=prioritised)
-    return Images(layout, work / "unpacked" / "rootfs", gzip_ref, zstd_ref, esgz_ref)
+    return Images(layout, work / "unpacked" / "rootfs", gzip_ref, zstd_ref, esgz_ref, work)

@@ -123,6 +123,7 @@ def test_zstd_chunked_cuts_big_files_and_marks_zeros(images: Images) -> None:
     assert big is not None and len(big.chunks) > 1
     assert holes is not None and any(c.zeros for c in holes.chunks)
     assert content(toc, data, "/data/holes") == b"head" + bytes(1 << 20) + b"tail"
+    assert content(toc, data, "/data/big") == (images.rootfs / "data" / "big").read_bytes()
 
 
 @pytest.mark.network
@@ -264,4 +265,7 @@ def test_range_arithmetic() -> None:
 def test_toc_json_is_what_annotations_check() -> None:
     data, annotations = estargz_blob(b"\0" + PAYLOAD, [reg("a", offset=1)])
     toc, raw = read_toc(TocFormat.ESTARGZ, annotations, BytesRanges(data))
-    assert json.loads(raw)["entries"][0]["name"] == "a" and toc.get("/a") is not None
+    assert toc.get("/a") is not None and raw.startswith(b"stargz.index.json\0")
+    own = toc.get("/stargz.index.json")
+    assert own is not None
+    assert json.loads(content(toc, data, own.path))["entries"][0]["name"] == "a"
