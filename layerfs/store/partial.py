@@ -6,11 +6,12 @@ A lazily pulled image is in ``index.json`` like any other, with its manifest and
 
     layers/<blob hex>.json   the layer's record: descriptor, TOC format, where it comes from
     layers/<blob hex>.toc    the TOC bytes, as verified against the descriptor's annotation
-    layers/<blob hex>.order  paths in the order a container first read them (one per line)
     blobs/<blob hex>.part    the blob's bytes fetched so far, at their offsets (sparse file)
     blobs/<blob hex>.ranges  which byte ranges of .part are present: "START END" lines
                              (and "- START END" for bytes found corrupt and dropped)
     chunks/sha256/<hex>      file content and chunks by digest, verified, shared by all layers
+    order/<blob hex>         paths in the order a container first read them (one per line);
+                             kept when the layer completes, for the next time it is pulled
 
 Bytes are written to ``.part`` and fsync'ed before their range is appended to ``.ranges``, so
 after a crash the ranges log never claims bytes that are not there, and a restart resumes with
@@ -137,11 +138,12 @@ class PartialBlob:
     range write the same verified-later bytes, and appends to the log are ``flock``-ed.
     """
 
-    def __init__(self, directory: Path, descriptor: Descriptor) -> None:
+    def __init__(self, directory: Path, descriptor: Descriptor, final: Path) -> None:
         self.descriptor = descriptor
         hex_digest = descriptor.digest.split(":", 1)[1]
         self.data_path = directory / f"{hex_digest}.part"
         self.log_path = directory / f"{hex_digest}.ranges"
+        self.final_path = final  # where the verified blob lives once it is complete
         self._lock = threading.Lock()
         self._have: list[tuple[int, int]] = []
         self._log_size = -1
@@ -151,7 +153,13 @@ class PartialBlob:
         return self.descriptor.size
 
     def _refresh(self) -> None:
-        """Re-read the ranges log if another writer appended to it. Call under the lock."""
+        """Re-read the ranges log if another writer appended to it. Call under the lock.
+
+        Once the blob is complete and verified in ``blobs/``, every byte is present.
+        """
+        if self.final_path.is_file():
+            self._have, self._log_size = [(0, self.size)], -1
+            return
         try:
             st = os.stat(self.log_path)
         except FileNotFoundError:
@@ -198,11 +206,20 @@ class PartialBlob:
         """Bytes ``start..end``, which must be present (:class:`NotFoundError` otherwise)."""
         if self.missing(start, end):
             raise NotFoundError(f"blob {self.descriptor.digest}: {start}-{end} not fetched")
-        with open(self.data_path, "rb") as handle:
+        try:
+            handle = open(self.data_path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            handle = open(self.final_path, "rb")  # noqa: SIM115 (finished meanwhile)
+        with handle:
             return os.pread(handle.fileno(), end - start, start)
 
     def write(self, start: int, data: bytes) -> None:
-        """Store fetched bytes at *start*: data first (fsync'ed), then the log line."""
+        """Store fetched bytes at *start*: data first (fsync'ed), then the log line.
+
+        Nothing is written once the blob is complete in ``blobs/``.
+        """
+        if self.final_path.is_file():
+            return
         end = start + len(data)
         if not 0 <= start < end <= self.size:
             raise StoreError(f"blob {self.descriptor.digest}: range {start}-{end} outside it")
@@ -339,9 +356,11 @@ class ChunkCache:
 class LazyStore:
     """The ``lazy/`` directory of a store: records, TOCs, read orders, partial blobs, chunks."""
 
-    def __init__(self, root: Path, tmp_dir: Path) -> None:
+    def __init__(self, root: Path, tmp_dir: Path, blobs: BlobStore) -> None:
         self.root = root / LAZY_DIR
+        self.blobs = blobs
         self.layers_dir = self.root / "layers"
+        self.order_dir = self.root / "order"
         self.blobs_dir = self.root / "blobs"
         self.tmp_dir = tmp_dir
         self.chunks = ChunkCache(self.root / "chunks", tmp_dir)
@@ -394,7 +413,7 @@ class LazyStore:
         with self._lock:
             found = self._partials.get(descriptor.digest)
             if found is None:
-                found = PartialBlob(self.blobs_dir, descriptor)
+                found = PartialBlob(self.blobs_dir, descriptor, self.blobs.path(descriptor.digest))
                 self._partials[descriptor.digest] = found
             return found
 
@@ -415,7 +434,8 @@ class LazyStore:
     def read_order(self, digest: str) -> list[str]:
         """Paths in the order a container read them the last times (first reads first)."""
         try:
-            lines = self._file(digest, ".order").read_text(errors="replace").splitlines()
+            path = self.order_dir / digest.split(":", 1)[1]
+            lines = path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
         return list(dict.fromkeys(line for line in lines if line.startswith("/")))
@@ -424,13 +444,13 @@ class LazyStore:
         """Append *path* to the layer's read order (the caller notes each path once)."""
         if "\n" in path:
             return
-        self.layers_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._file(digest, ".order"), "a") as out:
+        self.order_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.order_dir / digest.split(":", 1)[1], "a") as out:
             out.write(path + "\n")
 
     def forget(self, digest: str) -> None:
         """Drop everything kept for a layer (its blob is local now, or nothing needs it)."""
-        for suffix in (".json", ".toc", ".order"):
+        for suffix in (".json", ".toc"):
             with contextlib.suppress(FileNotFoundError):
                 self._file(digest, suffix).unlink()
         with self._lock:

@@ -121,7 +121,7 @@ class Store:
         self.blobs = self.layout.blobs
         self._containers = ContainerStore(self.layout.containers_dir, self.layout.tmp_dir)
         self._lock = StoreLock(self.layout.lock_file)
-        self.lazy = LazyStore(root, self.layout.tmp_dir)
+        self.lazy = LazyStore(root, self.layout.tmp_dir, self.blobs)
         self.remote: RemoteBlobs | None = None  # completes partial layers (see ensure_blob)
 
     @classmethod
