@@ -8,6 +8,7 @@
       blobs/sha256/<hex>    manifests, configs, compressed layers
       layers/<hex>/         each layer unpacked once, named by its diff_id, overlayfs lower format
       containers/<id>/      upper/, work/, container.json
+      lazy/                 partial layers of lazily pulled images (layerfs.store.partial)
       tmp/                  staging on the same filesystem; swept when the store is opened
       lock                  fcntl.flock: held exclusively by every writer
 
