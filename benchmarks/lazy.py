@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mbit", type=float, default=100.0)
     p.add_argument("--size-mb", type=int, default=150, help="uncompressed image size budget")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--results", type=Path, default=RESULTS, help="where lazy.json goes")
     args = p.parse_args(argv)
     size = 20 if args.quick else args.size_mb
     reps = 1 if args.quick else args.reps
@@ -377,9 +378,10 @@ def report(samples: list[Sample], args: argparse.Namespace) -> None:
         print(f"{key[0]:<14}{key[1]:<6}{key[2]:<18}{first:12.2f}{share:11.1f}{done_text}")
     print("lazy first command = the command's file reads through the lazy layer reader")
     stamp = datetime.date.today().isoformat()
-    target = RESULTS / f"{stamp}-{socket.gethostname()}"
+    target = args.results / f"{stamp}-{socket.gethostname()}"
     target.mkdir(parents=True, exist_ok=True)
-    doc = {"args": vars(args), "samples": [asdict(s) for s in samples]}
+    settings = {k: v for k, v in vars(args).items() if k != "results"}
+    doc = {"args": settings, "samples": [asdict(s) for s in samples]}
     (target / "lazy.json").write_text(json.dumps(doc, indent=1))
 
 
