@@ -294,15 +294,16 @@ class Store:
 
         The fetching runs without the store lock (a mount may fetch at the same time: both
         write the same bytes); the verified blob then moves into ``blobs/`` under the lock.
-        Raises :class:`NotFoundError` when the store has neither the blob nor a record of it,
-        :class:`StoreError` when it is partial and no remote is attached, and whatever the
-        remote raises (:class:`RegistryError`, :class:`DigestMismatchError`).
+        Does nothing for a blob the store has no partial-layer record of (reading it then
+        reports what is wrong). Raises :class:`StoreError` when it is partial and no remote is
+        attached, and whatever the remote raises (:class:`RegistryError`,
+        :class:`DigestMismatchError`).
         """
         if self.blobs.exists(desc.digest):
             return
         record = self.lazy.record(desc.digest)
         if record is None:
-            raise NotFoundError(f"blob {desc.digest} is not in the store")
+            return  # not a partial layer: whoever reads the blob reports it missing
         if self.remote is None:
             raise StoreError(
                 f"layer {desc.digest} was pulled lazily and is not complete; "
