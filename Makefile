@@ -10,9 +10,10 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: FUSE and its headers (pyfuse3 builds against them), and the
 # reference tools the tests compare layerfs with.
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr zstd \
-	fuse-overlayfs umoci skopeo busybox-static runc docker-registry apache2-utils
+	fuse-overlayfs umoci skopeo busybox-static runc docker-registry apache2-utils \
+	containerd stargz-snapshotter strace
 
-.PHONY: demo test lint typecheck bench deps venv clean install-helper
+.PHONY: demo test lint typecheck bench bench-lazy deps venv clean install-helper
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -53,6 +54,10 @@ test: $(STAMP) deps
 
 bench: $(STAMP) deps
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# Lazy pull against full pull + mount over a throttled loopback link (docs/lazy.md).
+bench-lazy: $(STAMP) deps
+	$(PY) -m benchmarks.lazy $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

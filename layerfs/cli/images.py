@@ -23,6 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from layerfs.lazy.remote import RegistryRemote
 from layerfs.store.images import Image
 from layerfs.store.store import ROOT_ENV, Store
 from layerfs.tar import Compression
@@ -67,7 +68,10 @@ def compression_option(func: F) -> F:
 
 
 def open_store(root: str | None) -> Store:
-    return Store.open(root)
+    """The store, able to complete lazily pulled layers from their registries."""
+    store = Store.open(root)
+    store.remote = RegistryRemote()
+    return store
 
 
 class BarProgress:
@@ -117,9 +121,10 @@ def human_size(size: int) -> str:
     return f"{size}B"
 
 
-def _rows(images: list[Image]) -> list[dict[str, Any]]:
+def _rows(store: Store, images: list[Image]) -> list[dict[str, Any]]:
     rows = []
     for image in images:
+        local = store.local_bytes(image)
         for name in image.names or ("<none>:<none>",):
             repo, _, tag = name.rpartition(":")
             rows.append(
@@ -129,6 +134,7 @@ def _rows(images: list[Image]) -> list[dict[str, Any]]:
                     "id": image.digest,
                     "created": image.created,
                     "size": image.size,
+                    "local": local,
                 }
             )
     return rows
@@ -138,17 +144,27 @@ def _rows(images: list[Image]) -> list[dict[str, Any]]:
 @root_option
 @format_option
 def images_cmd(root: str | None, output: str) -> None:
-    """List images: one line per tag (untagged images show <none>)."""
-    rows = _rows(open_store(root).images())
+    """List images: one line per tag (untagged images show <none>).
+
+    LOCAL is the share of the image's blobs in the store: below 100% for an image pulled
+    with --lazy until its layers are complete.
+    """
+    store = open_store(root)
+    rows = _rows(store, store.images())
     if output == "json":
         echo_json(rows)
         return
-    click.echo(f"{'REPOSITORY':<40} {'TAG':<20} {'IMAGE ID':<12}  {'CREATED':<20} SIZE")
+    click.echo(
+        f"{'REPOSITORY':<40} {'TAG':<20} {'IMAGE ID':<12}  {'CREATED':<20} {'SIZE':<9} LOCAL"
+    )
     for row in rows:
         created = (row["created"] or "")[:19].replace("T", " ")
         short = row["id"].split(":", 1)[1][:12]
         size = human_size(row["size"])
-        click.echo(f"{row['repository']:<40} {row['tag']:<20} {short:<12}  {created:<20} {size}")
+        local = f"{100 * row['local'] // max(1, row['size'])}%"
+        click.echo(
+            f"{row['repository']:<40} {row['tag']:<20} {short:<12}  {created:<20} {size:<9} {local}"
+        )
 
 
 @click.command("tag")

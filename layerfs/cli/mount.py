@@ -120,11 +120,12 @@ def mount_stack(
 
 
 def _store_options(root: str | None, source: str) -> list[str]:
-    """The layers of an image (read-only) or a container (with its upper) in the store."""
+    """The layers of an image (read-only) or a container (with its upper) in the store; the
+    partial layers of a lazily pulled image are completed first."""
+    from layerfs.cli.images import open_store
     from layerfs.options import stack_option_items
-    from layerfs.store import Store
 
-    lowers, upper, work = Store.open(root).mount_spec(source)
+    lowers, upper, work = open_store(root).mount_spec(source)
     return stack_option_items(lowers, upper, work)
 
 

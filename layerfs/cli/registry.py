@@ -17,7 +17,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 
 from layerfs.cli.images import open_store, root_option
 from layerfs.errors import RegistryError
-from layerfs.registry import Credentials, Options, login, pull, push
+from layerfs.lazy.pull import pull_complete, pull_lazy
+from layerfs.registry import Credentials, Options, login, push
 from layerfs.registry.config import remove_credentials, save_credentials
 from layerfs.registry.platforms import parse_platform
 from layerfs.registry.reference import normalise_registry
@@ -82,20 +83,47 @@ def _quiet_option(func: click.decorators.FC) -> click.decorators.FC:
 @click.command("pull")
 @click.argument("ref")
 @click.option("--platform", "platform_text", default=None, help="os/arch[/variant] to pull.")
+@click.option(
+    "--lazy",
+    is_flag=True,
+    help="Store manifest, config and each layer's table of contents only; file content is "
+    "fetched when read (see docs/lazy.md).",
+)
+@click.option(
+    "--no-prefetch",
+    is_flag=True,
+    help="With --lazy: never fetch the rest of the layers in the background.",
+)
 @_insecure_option
 @_quiet_option
 @root_option
 def pull_command(
-    ref: str, platform_text: str | None, insecure: bool, quiet: bool, root: str | None
+    ref: str,
+    platform_text: str | None,
+    lazy: bool,
+    no_prefetch: bool,
+    insecure: bool,
+    quiet: bool,
+    root: str | None,
 ) -> None:
-    """Pull REF ([registry/]name[:tag|@digest]) into the store, tagged registry/name:tag."""
+    """Pull REF ([registry/]name[:tag|@digest]) into the store, tagged registry/name:tag.
+
+    A plain pull also completes an image pulled with --lazy before.
+    """
+    if no_prefetch and not lazy:
+        raise click.UsageError("--no-prefetch only applies to --lazy")
     wanted = parse_platform(platform_text) if platform_text else None
     store = open_store(root)
     with transfers(quiet) as progress:
-        result = pull(store, ref, Options(insecure=insecure, platform=wanted, progress=progress))
+        options = Options(insecure=insecure, platform=wanted, progress=progress)
+        if lazy:
+            result = pull_lazy(store, ref, options, prefetch=not no_prefetch)
+        else:
+            result = pull_complete(store, ref, options)
     name = result.name or "<untagged>"
     if not quiet:
-        click.echo(f"pulled {name} {result.image.digest}", err=True)
+        later = f" ({len(result.deferred)} layers lazily)" if result.deferred else ""
+        click.echo(f"pulled {name} {result.image.digest}{later}", err=True)
     click.echo(result.image.digest)
 
 

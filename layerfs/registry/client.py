@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import httpx
 
@@ -87,7 +87,8 @@ class Options:
 @dataclass(frozen=True, slots=True)
 class PullResult:
     """What a pull did: the image, the local tag (None when pulled by digest alone),
-    the endpoint that served it and which blobs were fetched or already present."""
+    the endpoint that served it and which blobs were fetched, already present, or left to
+    be fetched later (a lazy pull)."""
 
     image: Image
     reference: RemoteReference
@@ -95,6 +96,7 @@ class PullResult:
     endpoint: str
     fetched: tuple[Digest, ...]
     present: tuple[Digest, ...]
+    deferred: tuple[Digest, ...] = ()  # recorded as partial layers (lazy pull)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,11 @@ def _endpoints(remote: RemoteReference, config: RegistryConfig, insecure: bool) 
     return [*out, f"{'http' if plain else 'https'}://{own}"]
 
 
+def pull_endpoints(remote: RemoteReference, options: Options) -> list[str]:
+    """The endpoint URLs a pull of *remote* tries, in order: its mirrors, then the registry."""
+    return _endpoints(remote, load_registry_config(options.config_dir), options.insecure)
+
+
 def _mirror_url(mirror: str, config: RegistryConfig) -> str:
     if "://" in mirror:
         return mirror.rstrip("/")
@@ -140,11 +147,22 @@ def open_transport(
 # -- pull ------------------------------------------------------------------------------------
 
 
-def pull(store: Store, ref: str, options: Options | None = None) -> PullResult:
+class PartialLayers(Protocol):
+    """Records a layer the store lacks as a partial layer instead of fetching it (lazy pull)."""
+
+    def __call__(self, store: Store, remote: RemoteReference, layer: Descriptor) -> None: ...
+
+
+def pull(
+    store: Store, ref: str, options: Options | None = None, partial: PartialLayers | None = None
+) -> PullResult:
     """Pull *ref* into *store*; tag it ``registry/repository:tag`` (see the module docstring).
 
-    Raises :class:`RegistryError` (unreachable, refused, missing), :class:`DigestMismatchError`
-    (content that does not match its digest; nothing of it is stored) or :class:`StoreError`.
+    With *partial*, layer blobs the store lacks are not fetched: *partial* records each one
+    (:mod:`layerfs.lazy.pull` reads its TOC), and :class:`PullResult` lists them as
+    ``deferred``. Raises :class:`RegistryError` (unreachable, refused, missing),
+    :class:`DigestMismatchError` (content that does not match its digest; nothing of it is
+    stored) or :class:`StoreError`.
     """
     opts = options or Options()
     remote = parse_remote(ref)
@@ -154,7 +172,7 @@ def pull(store: Store, ref: str, options: Options | None = None) -> PullResult:
         for position, url in enumerate(endpoints):
             try:
                 with open_transport(url, opts) as transport:
-                    return _pull_from(store, transport, remote, opts)
+                    return _pull_from(store, transport, remote, opts, partial)
             except (RegistryError, DigestMismatchError) as exc:
                 if position + 1 == len(endpoints):
                     raise
@@ -174,7 +192,11 @@ def _context(action: str) -> Iterator[None]:
 
 
 def _pull_from(
-    store: Store, transport: Transport, remote: RemoteReference, opts: Options
+    store: Store,
+    transport: Transport,
+    remote: RemoteReference,
+    opts: Options,
+    partial: PartialLayers | None,
 ) -> PullResult:
     transport.auth.add_scope(f"repository:{remote.repository}:pull")
     data, digest = fetch_manifest(transport, remote.repository, remote.manifest_ref)
@@ -190,6 +212,11 @@ def _pull_from(
     wanted_blobs = _unique([manifest.config, *manifest.layers])
     with store.writing():
         missing = [d for d in wanted_blobs if not store.blobs.exists(d.digest)]
+        deferred = [d for d in missing if partial is not None and d != manifest.config]
+        for layer in deferred:
+            assert partial is not None
+            partial(store, remote, layer)
+        missing = [d for d in missing if d not in deferred]
         run_parallel(
             opts.parallel,
             [_blob_fetcher(transport, remote.repository, d, store.blobs, opts) for d in missing],
@@ -198,8 +225,9 @@ def _pull_from(
         name = remote.local_name if remote.tag is not None else None
         image = store.add_image(Descriptor(manifest.media_type, digest, len(data)), name)
     fetched = tuple(d.digest for d in missing)
-    present = tuple(d.digest for d in wanted_blobs if d not in missing)
-    return PullResult(image, remote, name, transport.base_url, fetched, present)
+    present = tuple(d.digest for d in wanted_blobs if d not in missing and d not in deferred)
+    later = tuple(d.digest for d in deferred)
+    return PullResult(image, remote, name, transport.base_url, fetched, present, later)
 
 
 def _media_type(data: bytes) -> str:
@@ -307,6 +335,7 @@ def push(store: Store, local: str, ref: str, options: Options | None = None) -> 
     remote = parse_remote(ref)
     if remote.digest is not None and remote.digest != image.digest:
         raise RegistryError(f"push {ref}: the image {local} has digest {image.digest}")
+    store.ensure_image(image)
     config = load_registry_config(opts.config_dir)
     url = _endpoints(remote, config, opts.insecure)[-1]
     sources = mount_sources(store, remote)

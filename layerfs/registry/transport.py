@@ -162,24 +162,35 @@ class Transport:
         raise AssertionError("unreachable: the loop returns or raises")
 
     @contextlib.contextmanager
-    def stream(self, method: str, path: str) -> Iterator[httpx.Response]:
-        """An open streaming response with status 200 (opening is retried like :meth:`request`).
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        expect: tuple[int, ...] = (200,),
+        timeout: float | None = None,
+    ) -> Iterator[httpx.Response]:
+        """An open streaming response with a status in *expect* (opening is retried like
+        :meth:`request`); *timeout* replaces the transport's timeouts for this request.
 
         Failures while the body streams surface as :class:`httpx.TransportError`; the caller
         decides whether to start over.
         """
         url = self.url(path)
         attempts = self.retry.attempts
+        limit = httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT
         for attempt in range(attempts):
             try:
-                response = self._client.send(self._client.build_request(method, url), stream=True)
+                request = self._client.build_request(method, url, headers=headers, timeout=limit)
+                response = self._client.send(request, stream=True)
             except httpx.TransportError as exc:
                 if attempt + 1 >= attempts:
                     raise connection_error(method, url, exc, attempts) from exc
                 self._wait(attempt, None, f"{method} {url}: {exc}")
                 continue
             try:
-                if response.status_code == 200:
+                if response.status_code in expect:
                     yield response
                     return
                 response.read()

@@ -7,8 +7,9 @@ From each root the walk marks the manifest, its config and its layer blobs, and 
 container stacks on. Everything unmarked under ``blobs/sha256`` and ``layers/`` is removed;
 layer directories are first renamed into ``tmp/`` so a crash mid-delete cannot leave a
 partially deleted layer under its real name. Volumes (``volumes/``) are no concern of gc: it
-never deletes one; ``Store.volumes.prune`` deletes those no container names. Call with the
-store's write lock held.
+never deletes one; ``Store.volumes.prune`` deletes those no container names. Partial layers
+(``lazy/``) whose blob is unmarked or already local are dropped, and so are cached chunks that
+no kept partial layer's TOC names. Call with the store's write lock held.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from layerfs.store.oci import (
     config_diff_ids,
     load_json,
 )
+from layerfs.store.partial import LazyStore
 from layerfs.types import Digest
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,13 @@ def _mark(layout: ImageLayout, digest: Digest, media_type: str, marks: _Marks) -
         marks.diff_ids.update(config_diff_ids(config))
 
 
-def collect(layout: ImageLayout, containers: Iterable[Container]) -> GcResult:
-    """Remove every blob and unpacked layer not reachable from the index or a container."""
+def collect(
+    layout: ImageLayout, containers: Iterable[Container], lazy: LazyStore | None = None
+) -> GcResult:
+    """Remove every blob, unpacked layer and partial layer not reachable from the index or a
+    container; chunks only partial layers that are still kept may read stay."""
     keep_blobs, keep_layers = reachable(layout, containers)
+    freed_lazy = _collect_lazy(lazy, keep_blobs, layout) if lazy is not None else 0
     removed_blobs: list[Digest] = []
     freed = 0
     for digest in layout.blobs.list():
@@ -107,7 +113,19 @@ def collect(layout: ImageLayout, containers: Iterable[Container]) -> GcResult:
         remove_dir(layout.layer_dir(diff_id), layout.tmp_dir)
     if removed_blobs or removed_layers:
         log.info("gc: removed %d blobs, %d layers", len(removed_blobs), len(removed_layers))
-    return GcResult(tuple(removed_blobs), tuple(removed_layers), freed)
+    return GcResult(tuple(removed_blobs), tuple(removed_layers), freed + freed_lazy)
+
+
+def _collect_lazy(lazy: LazyStore, keep: set[Digest], layout: ImageLayout) -> int:
+    """Drop partial layers nothing reaches (or whose blob is local), then unneeded chunks."""
+    wanted: set[str] = set()
+    for record in lazy.records():
+        digest = record.descriptor.digest
+        if digest not in keep or layout.blobs.exists(digest):
+            lazy.forget(digest)
+            continue
+        wanted.update(lazy.chunk_digests(record))
+    return sum(lazy.chunks.delete(d) for d in lazy.chunks.list() if d not in wanted)
 
 
 def _layer_ids(layers_dir: Path) -> list[Digest]:

@@ -9,6 +9,7 @@
       layers/<hex>/         each layer unpacked once, named by its diff_id, overlayfs lower format
       containers/<id>/      upper/, work/, container.json
       volumes/<name>/       volume.json, data/ (what the container sees at the volume's path)
+      lazy/                 partial layers of lazily pulled images (layerfs.store.partial)
       tmp/                  staging on the same filesystem; swept when the store is opened
       lock                  fcntl.flock: held exclusively by every writer
 

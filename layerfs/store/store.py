@@ -41,6 +41,7 @@ from layerfs.store.layout import ImageLayout
 from layerfs.store.lock import StoreLock
 from layerfs.store.mounts import MountRequest, image_view, image_volumes, plan_mounts
 from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
+from layerfs.store.partial import LazyStore, RemoteBlobs
 from layerfs.store.progress import NoProgress, Progress
 from layerfs.store.refs import (
     Reference,
@@ -124,6 +125,8 @@ class Store:
         self._lock = StoreLock(self.layout.lock_file)
         volume_dir = VolumeDir(self.layout.volumes_dir, self.layout.tmp_dir)
         self.volumes = Volumes(volume_dir, self._containers.list, self.writing)
+        self.lazy = LazyStore(root, self.layout.tmp_dir, self.blobs)
+        self.remote: RemoteBlobs | None = None  # completes partial layers (see ensure_blob)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None) -> Store:
@@ -235,13 +238,18 @@ class Store:
         """Record a manifest whose blobs are already stored: tagged *name*, or untagged.
 
         For callers that fill the blob store themselves (a registry pull): the manifest and
-        its config are read back and checked (:func:`load_image`) and its layers must be
-        present before ``index.json`` changes, so the index never points at half an image.
+        its config are read back and checked (:func:`load_image`) and each layer must be
+        present, or recorded as a partial layer (a lazy pull), before ``index.json``
+        changes, so the index never points at half an image. Partial-layer records of layers
+        that are now present are dropped.
         """
         with self.writing():
             image = load_image(self.blobs, manifest.digest)
             for layer in image.layers:
-                if not self.blobs.exists(layer.digest):
+                if self.blobs.exists(layer.digest):
+                    if self.lazy.record(layer.digest) is not None:
+                        self.lazy.forget(layer.digest)
+                elif self.lazy.record(layer.digest) is None:
                     raise NotFoundError(f"image {manifest.digest}: layer {layer.digest} missing")
             if name is not None:
                 self._set_tag(manifest, parse_tagged(name).tagged)
@@ -269,9 +277,52 @@ class Store:
             return RemoveResult(untagged, () if still else (digest,), self.gc())
 
     def gc(self) -> gc.GcResult:
-        """Delete blobs and unpacked layers no image in the index and no container uses."""
+        """Delete blobs, unpacked layers and partial layers no image and no container uses."""
         with self.writing():
-            return gc.collect(self.layout, self._containers.list())
+            return gc.collect(self.layout, self._containers.list(), self.lazy)
+
+    # -- partial layers (lazy pull) --------------------------------------------------------
+
+    def local_bytes(self, image: Image) -> int:
+        """How many bytes of the image's config and layer blobs are in the store."""
+        total = image.manifest.config.size
+        for layer in image.layers:
+            if self.blobs.exists(layer.digest):
+                total += layer.size
+            elif self.lazy.record(layer.digest) is not None:
+                total += self.lazy.partial(layer).present_bytes()
+        return total
+
+    def ensure_blob(self, desc: Descriptor) -> None:
+        """Make the layer blob *desc* local, completing a partial layer through :attr:`remote`.
+
+        The fetching runs without the store lock (a mount may fetch at the same time: both
+        write the same bytes); the verified blob then moves into ``blobs/`` under the lock.
+        Does nothing for a blob the store has no partial-layer record of (reading it then
+        reports what is wrong). Raises :class:`StoreError` when it is partial and no remote is
+        attached, and whatever the remote raises (:class:`RegistryError`,
+        :class:`DigestMismatchError`).
+        """
+        if self.blobs.exists(desc.digest):
+            return
+        record = self.lazy.record(desc.digest)
+        if record is None:
+            return  # not a partial layer: whoever reads the blob reports it missing
+        if self.remote is None:
+            raise StoreError(
+                f"layer {desc.digest} was pulled lazily and is not complete; "
+                f"`layerfs pull {record.source}` completes it"
+            )
+        self.remote.complete(self.lazy, record)
+        with self.writing():
+            if not self.blobs.exists(desc.digest):
+                self.lazy.partial(record.descriptor).finish(self.blobs)
+            self.lazy.forget(desc.digest)
+
+    def ensure_image(self, image: Image) -> None:
+        """Make every layer blob of *image* local (see :meth:`ensure_blob`)."""
+        for layer in image.layers:
+            self.ensure_blob(layer)
 
     # -- layers ----------------------------------------------------------------------------
 
@@ -290,6 +341,7 @@ class Store:
         target = self.layout.layer_dir(diff_id)
         if target.is_dir():
             return target
+        self.ensure_blob(desc)
         with self.writing():
             if target.is_dir():  # another process unpacked it while we waited for the lock
                 return target
@@ -325,6 +377,7 @@ class Store:
         target = Path(dest)
         target.mkdir(parents=True, exist_ok=True)
         report = progress or NoProgress()
+        self.ensure_image(image)
         for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
             report.phase(f"applying {diff_id[7:19]}", desc.size)
             result = apply_layer(
@@ -384,6 +437,7 @@ class Store:
             else list(image.names)
         )
         target = Path(dest)
+        self.ensure_image(image)
         (progress or NoProgress()).phase(f"exporting {image.short_id}", image.size)
         if format == "oci":
             archive.export_oci(self.blobs, image, names, target)

@@ -4,9 +4,11 @@
   a temporary directory; optional htpasswd auth, pull-through proxy, relative URLs); it can be
   killed and started again on the same port with the same storage.
 * :class:`FaultProxy`: a TCP forwarder in front of a server that, once armed, drops every
-  connection after a number of bytes (optionally calling back, e.g. to kill the registry) or
-  flips one byte of what the server sends. Its threads stop with it, or by themselves after
-  a deadline.
+  connection after a number of bytes (optionally calling back, e.g. to kill the registry),
+  flips one byte of what the server sends, or stops forwarding what the server sends while
+  keeping the connection open (a registry that stalls mid-response). Faults count bytes
+  from arming on, so they hit range responses as well as whole blobs. Its threads stop with
+  it, or by themselves after a deadline.
 * :class:`BearerRegistry`: a minimal registry of our own that demands a bearer token from its
   own token endpoint, for the token flow (the packaged registry's token auth needs signed JWTs).
 """
@@ -156,9 +158,12 @@ class FaultProxy:
         self._drop_up: int | None = None
         self._drop_down: int | None = None
         self._corrupt_down: int | None = None
+        self._stall_down: int | None = None
         self._on_drop: Callable[[], None] | None = None
         self.dropped = threading.Event()
         self.corrupted = threading.Event()
+        self.stalled = threading.Event()
+        self._unstall = threading.Event()
 
     def __enter__(self) -> FaultProxy:
         self._spawn(self._accept_loop)
@@ -173,21 +178,27 @@ class FaultProxy:
         drop_after_up: int | None = None,
         drop_after_down: int | None = None,
         corrupt_down_at: int | None = None,
+        stall_after_down: int | None = None,
         on_drop: Callable[[], None] | None = None,
     ) -> None:
-        """Reset the counters and set a one-shot fault."""
+        """Reset the counters and set a one-shot fault (a stall lasts until the next arm)."""
         with self._lock:
             self.up = self.down = 0
             self._drop_up, self._drop_down = drop_after_up, drop_after_down
             self._corrupt_down, self._on_drop = corrupt_down_at, on_drop
+            self._stall_down = stall_after_down
             self.dropped.clear()
             self.corrupted.clear()
+            self.stalled.clear()
+            self._unstall.set()
+            self._unstall = threading.Event()
 
     def disarm(self) -> None:
         self.arm()
 
     def stop(self) -> None:
         self._stop.set()
+        self._unstall.set()
         with contextlib.suppress(OSError):
             self._listener.close()
         self._close_all()
@@ -226,9 +237,13 @@ class FaultProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                data, drop = self._account(data, upward)
+                data, drop, stall = self._account(data, upward)
                 if data:
                     dst.sendall(data)
+                if stall is not None:
+                    self.stalled.set()
+                    stall.wait(PROXY_LIFETIME)  # hold the connection, forward nothing more
+                    return
                 if drop:
                     self._fault()
                     return
@@ -239,8 +254,9 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def _account(self, data: bytes, upward: bool) -> tuple[bytes, bool]:
-        """Count *data*; return what to forward and whether to drop everything now."""
+    def _account(self, data: bytes, upward: bool) -> tuple[bytes, bool, threading.Event | None]:
+        """Count *data*; return what to forward, whether to drop everything now, and the
+        event that ends a stall when this connection must stall."""
         with self._lock:
             before = self.up if upward else self.down
             after = before + len(data)
@@ -255,13 +271,16 @@ class FaultProxy:
                 data = data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1 :]
                 self._corrupt_down = None
                 self.corrupted.set()
+            stall = None if upward else self._stall_down
+            if stall is not None and after > stall:
+                return data[: max(0, stall - before)], False, self._unstall
             if limit is not None and after > limit:
                 if upward:
                     self._drop_up = None
                 else:
                     self._drop_down = None
-                return data[: max(0, limit - before)], True
-        return data, False
+                return data[: max(0, limit - before)], True, None
+        return data, False, None
 
     def _fault(self) -> None:
         callback = self._on_drop
@@ -312,6 +331,10 @@ class BearerRegistry:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def revoke(self) -> None:
+        """Forget every token issued (they expire): clients must ask for new ones."""
+        self._tokens.clear()
 
     def blob(self, digest: str) -> bytes | None:
         path = self.layout / "blobs" / "sha256" / digest.removeprefix("sha256:")

@@ -1,0 +1,198 @@
+"""Reading a partial layer's files through its TOC, fetching only the chunks a read needs.
+
+A read of a regular file finds the chunks that cover it and gets each one from, in order:
+the store's chunk cache (by digest: a chunk any image already fetched is never fetched
+again), the layer's partial blob (bytes fetched earlier, e.g. by background completion), or
+the registry (one merged range request for all the chunks of the read that are missing). The
+compressed bytes are kept in the partial blob, the decoded chunk is checked against its TOC
+digest, kept in the chunk cache, and only then served. Bytes that do not decode to their
+digest are dropped from the partial blob and fetched once more; if they are wrong again the
+read fails with :class:`DigestMismatchError` (``EIO`` at the FUSE boundary) and one log line:
+a chunk that does not match is never served.
+
+Reads record the order in which files are first read (``.order``): the next background
+completion of the layer fetches them first (:func:`priority_ranges`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+from layerfs.errors import DigestMismatchError, LayerFormatError, oserror
+from layerfs.lazy.decode import decompress, verify, zeros
+from layerfs.lazy.toc import Chunk, EntryType, Toc, TocEntry
+from layerfs.store.partial import LazyStore, PartialBlob, merge, subtract
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[list[tuple[int, int]]], list[bytes]]  # ranges of the blob -> their bytes
+
+
+class RangeFiller:
+    """Fills a partial blob from *fetch*; a range being fetched is never fetched twice.
+
+    *fetch* reads byte ranges of the blob (a :class:`~layerfs.registry.ranges.RangeClient`
+    bound to it) and raises :class:`RegistryError` after its bounded time. Thread-safe.
+    """
+
+    def __init__(self, partial: PartialBlob, fetch: Fetch) -> None:
+        self.partial = partial
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._inflight: dict[tuple[int, int], threading.Event] = {}
+
+    def ensure_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Make the partial blob hold every byte of *ranges*, fetching what is missing.
+
+        Ranges another thread is fetching are waited for, then checked again.
+        """
+        spans = merge(list(ranges))
+        while True:
+            mine: list[tuple[int, int]] = []
+            waits: list[threading.Event] = []
+            with self._lock:
+                for start, end in spans:
+                    for piece in self.partial.missing(start, end):
+                        busy = [e for r, e in self._inflight.items() if _overlaps(r, piece)]
+                        if busy:
+                            waits.extend(busy)
+                        else:
+                            mine.append(piece)
+                            self._inflight[piece] = threading.Event()
+            if mine:
+                try:
+                    for piece, data in zip(mine, self._fetch(mine), strict=True):
+                        self.partial.write(piece[0], data)
+                finally:
+                    with self._lock:
+                        for piece in mine:
+                            self._inflight.pop(piece).set()
+            if not waits:
+                if not mine:
+                    return
+                continue
+            for event in waits:
+                event.wait()
+
+
+class LazyLayer:
+    """One partial layer with a TOC: file reads by in-layer path; thread-safe."""
+
+    def __init__(self, lazy: LazyStore, filler: RangeFiller, toc: Toc, record: bool = True) -> None:
+        self.lazy = lazy
+        self.filler = filler
+        self.partial = filler.partial
+        self.toc = toc
+        self._record = record
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def digest(self) -> str:
+        return self.partial.descriptor.digest
+
+    def entry(self, path: str) -> TocEntry:
+        """The entry at *path* (a hard link resolved to its target); ``ENOENT`` if none."""
+        found = self.toc.get(path)
+        if found is None:
+            raise oserror(errno.ENOENT, path)
+        if found.type is EntryType.HARDLINK:
+            target = self.toc.get(found.hardlink)
+            if target is None:
+                raise oserror(errno.ENOENT, path)
+            return target
+        return found
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        """Up to *size* bytes of the regular file *path* from *offset* (short at its end)."""
+        entry = self.entry(path)
+        if entry.type is not EntryType.REG:
+            raise oserror(errno.EISDIR if entry.type is EntryType.DIR else errno.EINVAL, path)
+        end = min(entry.size, offset + size)
+        if offset >= end:
+            return b""
+        self._note(entry.path)
+        wanted = [c for c in entry.chunks if c.offset < end and c.offset + c.size > offset]
+        contents = self.chunk_contents(entry, wanted)
+        data = b"".join(contents)
+        first = wanted[0].offset
+        return data[offset - first : end - first]
+
+    def read_file(self, path: str) -> bytes:
+        """The whole content of the regular file *path*."""
+        entry = self.entry(path)
+        return self.read(path, 0, entry.size)
+
+    def chunk_contents(self, entry: TocEntry, chunks: list[Chunk]) -> list[bytes]:
+        """The verified content of *chunks* of *entry*, fetching what is missing in one go."""
+        found: dict[int, bytes] = {}
+        for chunk in chunks:
+            if chunk.zeros:
+                found[chunk.offset] = verify(chunk, zeros(chunk), entry.path)
+                continue
+            cached = self.lazy.chunks.get(chunk.digest)
+            if cached is not None:
+                found[chunk.offset] = cached
+        needed = [c for c in chunks if c.offset not in found]
+        for attempt in range(2):
+            self.filler.ensure_ranges([(c.start, c.end) for c in needed])
+            bad: list[Chunk] = []
+            for chunk in needed:
+                try:
+                    found[chunk.offset] = self._decode(entry, chunk)
+                except (DigestMismatchError, LayerFormatError) as exc:
+                    self.partial.drop(chunk.start, chunk.end)
+                    if attempt:
+                        log.error("layer %s: %s: %s", self.digest, entry.path, exc)
+                        raise
+                    bad.append(chunk)
+            needed = bad
+        return [found[c.offset] for c in chunks]
+
+    def _decode(self, entry: TocEntry, chunk: Chunk) -> bytes:
+        """The verified content of *chunk* from the partial blob, kept in the chunk cache."""
+        raw = self.partial.read(chunk.start, chunk.end)
+        content = verify(chunk, decompress(self.toc.format, chunk, raw), entry.path)
+        self.lazy.chunks.put(chunk.digest, content)
+        return content
+
+    def _note(self, path: str) -> None:
+        if not self._record:
+            return
+        with self._lock:
+            if path in self._seen:
+                return
+            self._seen.add(path)
+        self.lazy.note_read(self.digest, path)
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def priority_ranges(toc: Toc | None, read_order: list[str], size: int) -> list[tuple[int, int]]:
+    """Byte ranges of a layer blob in the order background completion fetches them.
+
+    First the chunks of eStargz's prioritised files and of the files read the last time a
+    container used the layer (in that order), then every other byte of the blob from start
+    to end. Together they cover the blob exactly once.
+    """
+    first: list[tuple[int, int]] = []
+    if toc is not None:
+        for path in [*toc.prioritized, *read_order]:
+            entry = toc.get(path)
+            if entry is not None and entry.type is EntryType.HARDLINK:
+                entry = toc.get(entry.hardlink)
+            if entry is not None:
+                first.extend((c.start, c.end) for c in entry.chunks if not c.zeros)
+    out: list[tuple[int, int]] = []
+    covered: list[tuple[int, int]] = []
+    for span in first:
+        for piece in subtract(span[0], span[1], covered):
+            out.append(piece)
+            covered = merge([*covered, piece])
+    out.extend(subtract(0, size, covered))
+    return out
