@@ -103,7 +103,9 @@ def _link_up(core: StackCore, node: Node, alias: Alias) -> None:
             source.name, alias.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False
         )
     alias.in_upper = True
-    _set_upper_entry(core, alias, node.kind)
+    # a metacopy object's data is still below: the new name's entry must say where, or a
+    # fresh lookup of it (after the node was forgotten) would read the sparse upper file
+    _set_upper_entry(core, alias, node.kind, node.layers[1] if node.metacopy else None)
 
 
 def _copy_up_dir(core: StackCore, node: Node, alias: Alias) -> None:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# helpers whose asserts are the tests' own
+pytest.register_assert_rewrite("tests.differential.runs")
+
 IS_ROOT = os.geteuid() == 0
 HAS_FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 

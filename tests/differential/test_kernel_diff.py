@@ -30,45 +30,21 @@ from hypothesis import strategies as st
 from layerfs import Credentials, Stack
 from tests.differential import ops as O
 from tests.differential import trees as T
-from tests.differential.allowlist import accepted, mask_dir_nlink, reconcile_link_copy_up
 from tests.differential.configs import CALLERS, CONFIGS, Config
 from tests.differential.conftest import KernelOverlay
+from tests.differential.runs import (
+    Scenario,
+    compare_runs,
+    describe,
+    kernel_run,
+    outcome_differences,
+    read_back,
+)
 from tests.property import layers as L
 from tests.property.model import Model, flatten
 from tests.property.profiles import oracle_settings
 
 pytestmark = [pytest.mark.root, pytest.mark.kernel]
-
-
-@dataclass
-class KernelRun:
-    outcomes: list[O.Outcome]
-    merged: T.Snapshot
-    upper: T.Snapshot
-
-
-def _kernel_run(
-    overlay: KernelOverlay,
-    base: Path,
-    scenario: tuple[list[L.Layer], list[O.Op]],
-    config: Config,
-    creds: Credentials | None,
-) -> KernelRun:
-    layers, sequence = scenario
-    since = T.OLD_CUTOFF_NS
-    lowers = L.build_layers(base, layers, prefix="klower")
-    upper, work, mnt = base / "kupper", base / "kwork", base / "kmnt"
-    with overlay.mounted(lowers, upper, work, mnt, config.kernel):
-        outcomes = O.run_ops_as(mnt, sequence, creds)
-        merged = T.snapshot_dir(mnt, since)
-    return KernelRun(outcomes, merged, T.snapshot_dir(upper, since, merged=False))
-
-
-def _describe(sequence: list[O.Op], *columns: list[O.Outcome]) -> str:
-    rows = [
-        f"{i:2} {op}  ->  {' | '.join(str(c[i]) for c in columns)}" for i, op in enumerate(sequence)
-    ]
-    return "\n".join(rows)
 
 
 def _scratch(tmp_path: Path) -> Path:
@@ -79,7 +55,7 @@ def _scratch(tmp_path: Path) -> Path:
 @oracle_settings(default=50, ci=500, deep=5000)
 @given(scenario=O.scenarios())
 def test_model_matches_kernel(
-    kernel_overlay: KernelOverlay, tmp_path: Path, scenario: tuple[list[L.Layer], list[O.Op]]
+    kernel_overlay: KernelOverlay, tmp_path: Path, scenario: Scenario
 ) -> None:
     layers, sequence = scenario
     base = _scratch(tmp_path)
@@ -87,8 +63,8 @@ def test_model_matches_kernel(
         model = Model(layers)
         initial = T.snapshot_model(flatten(layers))
         expected = O.run_model(model, sequence)
-        with_kernel = _kernel_run(kernel_overlay, base, scenario, CONFIGS["index"], None)
-        note(_describe(sequence, with_kernel.outcomes, expected))
+        with_kernel = kernel_run(kernel_overlay, base, scenario, CONFIGS["index"], None)
+        note(describe(sequence, with_kernel.outcomes, expected))
         assert with_kernel.outcomes == expected
         want = T.snapshot_model(model.nodes)
         got = T.as_model_sees(T.without_root(with_kernel.merged), want)
@@ -108,7 +84,7 @@ class LayerfsRun:
 
 def _layerfs_run(
     base: Path,
-    scenario: tuple[list[L.Layer], list[O.Op]],
+    scenario: Scenario,
     config: Config,
     creds: Credentials | None,
 ) -> LayerfsRun:
@@ -124,55 +100,7 @@ def _layerfs_run(
     return LayerfsRun(outcomes, merged, T.snapshot_dir(upper, since, merged=False), lowers, upper)
 
 
-def _outcome_differences(
-    sequence: list[O.Op], kernel: list[O.Outcome], layerfs: list[O.Outcome]
-) -> list[str]:
-    return [
-        f"{i}: {op}: kernel {k}, layerfs {got}"
-        for i, (op, k, got) in enumerate(zip(sequence, kernel, layerfs, strict=True))
-        if k != got and accepted(op, k, got) is None
-    ]
-
-
-def compare_runs(
-    config: Config,
-    layers: list[L.Layer],
-    kernel: KernelRun,
-    ours_merged: T.Snapshot,
-    ours_upper: T.Snapshot,
-) -> None:
-    """Assert that the uppers (where comparable) and the merged views agree.
-
-    Directory link counts are compared where both sides made a directory the same way: the
-    link copy-up (see the allowlist) and, with ``redirect_dir=on``, a directory rename (the
-    kernel keeps it merged, layerfs copies it whole) make them differ legitimately.
-    """
-    lower_view = flatten(layers)
-    holders: set[str] = set()
-    if config.compare_upper:
-        want_upper = T.normalise_upper(kernel.upper, lower_view)
-        got_upper = T.normalise_upper(ours_upper, lower_view)
-        reconciled = reconcile_link_copy_up(want_upper, got_upper, lower_view)
-        assert T.without_root(want_upper).differences(T.without_root(reconciled)) == []
-        holders = {p for p, n in got_upper.nodes.items() if n.kind == "dir"}
-        holders -= set(reconciled.nodes)
-    got = T.without_root(ours_merged)
-    want = T.without_root(kernel.merged)
-    if not config.compare_upper:
-        holders = {p for p, n in got.nodes.items() if n.kind == "dir"}
-    assert want.differences(mask_dir_nlink(got, want, holders)) == []
-
-
-def read_back(
-    overlay: KernelOverlay, base: Path, config: Config, lowers: list[Path], upper: Path
-) -> T.Snapshot:
-    """What the kernel shows over layerfs's upper, mounted the way *config* says."""
-    target, work = base / "readback", base / "readback-work"
-    with overlay.mounted(lowers, upper, work, target, config.readback):
-        return T.without_root(T.snapshot_dir(target, T.OLD_CUTOFF_NS))
-
-
-def _scenarios_for(config: Config) -> st.SearchStrategy[tuple[list[L.Layer], list[O.Op]]]:
+def _scenarios_for(config: Config) -> st.SearchStrategy[Scenario]:
     return O.scenarios(hard_links=config.hard_links)
 
 
@@ -181,16 +109,16 @@ def _check_layerfs(
     tmp_path: Path,
     config: Config,
     caller: str,
-    scenario: tuple[list[L.Layer], list[O.Op]],
+    scenario: Scenario,
 ) -> None:
     layers, sequence = scenario
     creds = CALLERS[caller]
     base = _scratch(tmp_path)
     try:
-        kernel = _kernel_run(overlay, base, scenario, config, creds)
+        kernel = kernel_run(overlay, base, scenario, config, creds)
         ours = _layerfs_run(base, scenario, config, creds)
-        note(_describe(sequence, kernel.outcomes, ours.outcomes))
-        assert _outcome_differences(sequence, kernel.outcomes, ours.outcomes) == []
+        note(describe(sequence, kernel.outcomes, ours.outcomes))
+        assert outcome_differences(sequence, kernel.outcomes, ours.outcomes) == []
         compare_runs(config, layers, kernel, ours.merged, ours.upper)
         readback = read_back(overlay, base, config, ours.lowers, ours.upper_dir)
         assert readback.differences(T.without_root(ours.merged)) == []
@@ -207,7 +135,7 @@ def _case(config_name: str, caller: str):  # type: ignore[no-untyped-def]
     def test(
         kernel_overlay: KernelOverlay,
         tmp_path: Path,
-        scenario: tuple[list[L.Layer], list[O.Op]],
+        scenario: Scenario,
     ) -> None:
         _check_layerfs(kernel_overlay, tmp_path, config, caller, scenario)
 

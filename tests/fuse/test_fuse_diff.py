@@ -2,9 +2,12 @@
 
 The same generated lowers are built twice; kernel overlayfs and a ``layerfs mount`` (FUSE)
 each get their own copy, an empty upper and a work dir. The same sequence of plain ``os``
-calls runs on both mounts. Per-operation outcomes, merged views and normalised upper
+calls runs on both mounts, as root or as a user (a forked worker with the user's uid, gid and
+groups; the FUSE mount is ``allow_other`` for it), with the kernel option sets of
+:mod:`tests.differential.configs`. Per-operation outcomes, merged views and normalised upper
 directories must agree, except for the intended differences in
-:mod:`tests.differential.allowlist`.
+:mod:`tests.differential.allowlist`; then the kernel mounts the FUSE mount's upper and must
+show what the mount showed.
 """
 
 from __future__ import annotations
@@ -17,72 +20,85 @@ import pytest
 from hypothesis import given, note
 
 from fuse_mount import mountinfo
+from layerfs import Credentials
+from layerfs.options import stack_option_items
 from tests.differential import ops as O
 from tests.differential import trees as T
-from tests.differential.allowlist import accepted, mask_dir_nlink, reconcile_link_copy_up
+from tests.differential.configs import CALLERS, CONFIGS, Config
 from tests.differential.conftest import KernelOverlay
 from tests.differential.conftest import kernel_overlay as kernel_overlay  # the fixture
+from tests.differential.runs import (
+    Scenario,
+    compare_runs,
+    describe,
+    kernel_run,
+    outcome_differences,
+    read_back,
+)
 from tests.fuse.conftest import force_unmount, run_cli
 from tests.property import layers as L
-from tests.property.model import flatten
 from tests.property.profiles import oracle_settings
 
 pytestmark = [pytest.mark.root, pytest.mark.kernel, pytest.mark.fuse, pytest.mark.slow]
 
 
 def _fuse_run(
-    base: Path, layers: list[L.Layer], sequence: list[O.Op], since: int
-) -> tuple[list[O.Outcome], T.Snapshot, T.Snapshot]:
+    base: Path, scenario: Scenario, config: Config, creds: Credentials | None
+) -> tuple[list[O.Outcome], T.Snapshot, T.Snapshot, list[Path], Path]:
+    layers, sequence = scenario
+    since = T.OLD_CUTOFF_NS
     lowers = L.build_layers(base, layers, prefix="flower")
     upper, work, mnt = base / "fupper", base / "fwork", base / "fmnt"
     for d in (upper, work, mnt):
         d.mkdir()
-    lowerdir = ":".join(str(p) for p in lowers)
-    run_cli("mount", "-o", f"lowerdir={lowerdir},upperdir={upper},workdir={work}", str(mnt))
+    items = stack_option_items(lowers, upper, work)
+    if config.options.metacopy:
+        items.append("metacopy=on")
+    if creds is not None:
+        items.append("allow_other")
+    run_cli("mount", "-o", ",".join(items), str(mnt))
     try:
-        outcomes = O.run_ops(mnt, sequence)
+        outcomes = O.run_ops_as(mnt, sequence, creds)
         merged = T.snapshot_dir(mnt, since)
     finally:
         if run_cli("umount", str(mnt), check=False).returncode != 0:
             force_unmount(mnt)
         assert mountinfo.find(mnt) is None
-    return outcomes, merged, T.snapshot_dir(upper, since, merged=False)
+    return outcomes, merged, T.snapshot_dir(upper, since, merged=False), lowers, upper
 
 
-def _kernel_run(
-    overlay: KernelOverlay, base: Path, layers: list[L.Layer], sequence: list[O.Op], since: int
-) -> tuple[list[O.Outcome], T.Snapshot, T.Snapshot]:
-    lowers = L.build_layers(base, layers, prefix="klower")
-    upper, work, mnt = base / "kupper", base / "kwork", base / "kmnt"
-    with overlay.mounted(lowers, upper, work, mnt, overlay.compare_options):
-        outcomes = O.run_ops(mnt, sequence)
-        merged = T.snapshot_dir(mnt, since)
-    return outcomes, merged, T.snapshot_dir(upper, since, merged=False)
-
-
-@pytest.mark.timeout(900)
-@oracle_settings(default=10, ci=100, deep=1000)
-@given(layers=L.layer_stacks(L.KERNEL_STYLES), sequence=O.generate())
-def test_fuse_mount_matches_kernel_overlayfs(
-    kernel_overlay: KernelOverlay, tmp_path: Path, layers: list[L.Layer], sequence: list[O.Op]
+def _check_fuse(
+    overlay: KernelOverlay, tmp_path: Path, config: Config, caller: str, scenario: Scenario
 ) -> None:
+    layers, sequence = scenario
+    creds = CALLERS[caller]
     base = Path(tempfile.mkdtemp(dir=tmp_path))
     try:
-        since = T.OLD_CUTOFF_NS
-        k_out, k_merged, k_upper = _kernel_run(kernel_overlay, base, layers, sequence, since)
-        f_out, f_merged, f_upper = _fuse_run(base, layers, sequence, since)
-        note("\n".join(f"{i:2} {op} -> {k_out[i]} | {f_out[i]}" for i, op in enumerate(sequence)))
-        for op, kernel, fuse in zip(sequence, k_out, f_out, strict=True):
-            assert kernel == fuse or accepted(op, kernel, fuse), f"{op}: {kernel} != {fuse}"
-        lower_view = flatten(layers)
-        kernel_upper = T.normalise_upper(k_upper, lower_view)
-        fuse_upper = T.normalise_upper(f_upper, lower_view)
-        reconciled = reconcile_link_copy_up(kernel_upper, fuse_upper, lower_view)
-        assert T.without_root(kernel_upper).differences(T.without_root(reconciled)) == []
-        holders = {p for p, n in fuse_upper.nodes.items() if n.kind == "dir"} - set(
-            reconciled.nodes
-        )
-        want, got = T.without_root(k_merged), T.without_root(f_merged)
-        assert want.differences(mask_dir_nlink(got, want, holders)) == []
+        kernel = kernel_run(overlay, base, scenario, config, creds)
+        outcomes, merged, upper, lowers, upper_dir = _fuse_run(base, scenario, config, creds)
+        note(describe(sequence, kernel.outcomes, outcomes))
+        assert outcome_differences(sequence, kernel.outcomes, outcomes) == []
+        compare_runs(config, layers, kernel, merged, upper)
+        readback = read_back(overlay, base, config, lowers, upper_dir)
+        assert readback.differences(T.without_root(merged)) == []
     finally:
         shutil.rmtree(base)
+
+
+def _case(config_name: str, caller: str, ci: int):  # type: ignore[no-untyped-def]
+    config = CONFIGS[config_name]
+
+    @pytest.mark.timeout(900)
+    @oracle_settings(default=8, ci=ci, deep=1000)
+    @given(scenario=O.scenarios(hard_links=config.hard_links))
+    def test(kernel_overlay: KernelOverlay, tmp_path: Path, scenario: Scenario) -> None:
+        _check_fuse(kernel_overlay, tmp_path, config, caller, scenario)
+
+    test.__doc__ = f"The FUSE mount as {caller}, kernel with the {config_name} options."
+    return test
+
+
+test_fuse_matches_kernel_defaults_root = _case("defaults", "root", ci=60)
+test_fuse_matches_kernel_defaults_user = _case("defaults", "user", ci=60)
+test_fuse_matches_kernel_features_root = _case("features", "root", ci=30)
+test_fuse_matches_kernel_features_user = _case("features", "user", ci=30)

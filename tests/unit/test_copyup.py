@@ -236,3 +236,14 @@ def test_inode_numbers_survive_a_remount(dirs: dict[str, Path]) -> None:
     with Stack([dirs["lower"]], dirs["upper"], dirs["work"]) as again:
         after = {p: again.lstat(p.replace("/dir/sub", "/moved")).ino for p in paths}
     assert after == before
+
+
+def test_a_forgotten_metacopy_link_still_reads_its_lower_data(dirs: dict[str, Path]) -> None:
+    """The names a metacopy copy-up linked into the upper keep pointing at the lower data,
+    also once the node is dropped and looked up again (what a FUSE forget does)."""
+    with Stack([dirs["lower"]], dirs["upper"], dirs["work"], options=METACOPY) as stack:
+        node = stack.resolve("/linked")
+        stack.chmod("/linked", 0o600)  # a metacopy copy-up, linking /dir/alias too
+        stack.unlink("/linked")
+        stack.forget(node)
+        assert stack.read_bytes("/dir/alias") == b"shared"
