@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from layerfs.errors import LayerFormatError, NotFoundError, StoreError
-from layerfs.tar import Compression, detect_compression, open_decompressed
+from layerfs.tar import Compression, StrictTarInfo, detect_compression, open_decompressed
 
 HEAD_SIZE = 8  # bytes read to recognise a compressed archive
 
@@ -66,7 +66,9 @@ class TarSource:
 
     def __init__(self, handle: BinaryIO, name: str) -> None:
         try:
-            self._tar = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115 (lives with self)
+            self._tar = tarfile.open(  # noqa: SIM115 (lives with self)
+                fileobj=handle, mode="r:", tarinfo=StrictTarInfo
+            )
         except tarfile.TarError as exc:
             raise LayerFormatError(f"{name}: not a tar archive ({exc})") from exc
         self._name = name
