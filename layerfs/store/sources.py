@@ -97,6 +97,25 @@ class TarSource:
             return handle.read()
 
 
+def split_source(text: str) -> tuple[Path, str | None]:
+    """``PATH`` or ``PATH:REFNAME`` (like skopeo's ``oci:DIR:REFNAME``): the path and the name.
+
+    *text* is a path as a whole when something exists there. Otherwise it is split at the
+    first ``:`` whose left part exists, so a path holding a ``:`` still works and REFNAME may
+    hold colons (``layout:alpine:3.19``). ``NotFoundError`` when no such split exists.
+    """
+    if os.path.lexists(text):
+        return Path(text), None
+    at = text.find(":")
+    while at > 0:
+        if os.path.lexists(text[:at]) and at + 1 < len(text):
+            return Path(text[:at]), text[at + 1 :]
+        at = text.find(":", at + 1)
+    raise NotFoundError(
+        f"{text}: no such file or directory (nor PATH:REFNAME with an existing PATH)"
+    )
+
+
 @contextlib.contextmanager
 def open_source(path: Path, tmp_dir: Path) -> Iterator[Source]:
     """A :class:`Source` for a directory or a (possibly gzip/zstd-compressed) tar file."""
