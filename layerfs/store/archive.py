@@ -105,10 +105,13 @@ def import_source(
 
 
 def _matches(source_names: tuple[str, ...], ref_name: str | None) -> bool:
+    """Whether *ref_name* picks an image the source calls *source_names*: the same text, or
+    the same reference up to the default tag and Docker Hub's ``docker.io/[library/]``
+    prefix (skopeo and buildah write ``docker.io/app:1`` into a docker-archive)."""
     if ref_name is None or ref_name in source_names:
         return True
-    wanted = _as_reference(ref_name)
-    return wanted is not None and wanted in (_as_reference(n) for n in source_names)
+    wanted = _hub_short(_as_reference(ref_name))
+    return wanted is not None and wanted in (_hub_short(_as_reference(n)) for n in source_names)
 
 
 def _as_reference(text: str) -> str | None:
@@ -116,6 +119,13 @@ def _as_reference(text: str) -> str | None:
         return parse_reference(text).tagged
     except BadReferenceError:
         return None
+
+
+def _hub_short(name: str | None) -> str | None:
+    for prefix in ("docker.io/", "library/"):
+        if name is not None and name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
 
 
 def _none_matched(ref_name: str | None, known: list[str]) -> NotFoundError:
