@@ -62,12 +62,18 @@ def _host_object(path: Path) -> tuple[Any, ...]:
     )
 
 
-def host_tree(root: Path) -> Tree:
-    """The description of a host directory (``umoci unpack`` output, a FUSE mount)."""
+def host_tree(root: Path, *, listed_whiteouts: bool = False) -> Tree:
+    """The description of a host directory (``umoci unpack`` output, a FUSE mount).
+
+    *listed_whiteouts*: skip names a listing shows but a lookup does not find (kernel
+    overlayfs lists the whiteouts of a directory that only one lower layer has).
+    """
     tree: Tree = {"/": _host_object(root)}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
+            if listed_whiteouts and not os.path.lexists(path):
+                continue
             tree["/" + str(path.relative_to(root))] = _host_object(path)
     return tree
 

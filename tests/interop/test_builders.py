@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,9 +101,9 @@ def link_groups(root: Path) -> list[list[str]]:
     return sorted(sorted(names) for names in by_inode.values() if len(names) > 1)
 
 
-def _differences(expected: Tree, got: Tree) -> list[str]:
+def _differences(expected: Tree, got: Tree, reference: str = "umoci") -> list[str]:
     return [
-        f"{path}: umoci {expected.get(path)} layerfs {got.get(path)}"
+        f"{path}: {reference} {expected.get(path)} layerfs {got.get(path)}"
         for path in sorted(set(expected) | set(got))
         if expected.get(path) != got.get(path)
     ]
@@ -126,3 +127,36 @@ def test_image_mounts_as_umoci_unpacks_it(
         got, links = host_tree(mnt), link_groups(mnt)
     assert not _differences(expected, got)
     assert links == expected_links and ["bin/hard", "bin/tool"] in links
+
+
+@contextlib.contextmanager
+def kernel_overlay(lowers: list[Path], mnt: Path) -> Iterator[Path]:
+    """``mount -t overlay`` of *lowers* (top-most first), read-only, undone at the end."""
+    mnt.mkdir()
+    lowerdir = ":".join(str(p) for p in lowers)
+    builders.sh("mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lowerdir}", mnt)
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_overlay_reads_the_stores_layers_alike(
+    case: str, images: dict[str, Built], store_root: Path, tmp_path: Path
+) -> None:
+    """The layer directories the store unpacked are overlayfs lowers as the kernel reads them:
+    the same tree (root included) through `mount -t overlay` as through `layerfs mount`."""
+    built = images[case]
+    name_arg = [built.name] if built.name else []
+    run_cli("import", "--root", str(store_root), built.source, *name_arg)
+    store = Store.open(store_root)
+    lowers = store.layer_dirs(store.resolve(built.named))
+    assert len(lowers) >= 2  # a lowerdir-only overlay mount needs two
+    with kernel_overlay(lowers, tmp_path / "kernel") as mnt:
+        expected = host_tree(mnt, listed_whiteouts=True)
+    with mounted(store_root, built.named, tmp_path / "mnt") as mnt:
+        got = host_tree(mnt)
+    assert not _differences(expected, got, "kernel")
