@@ -397,7 +397,7 @@ class Extractor:
         In LAYER mode a root directory without an entry of its own gets mode 0755, as a fresh
         root file system has: the layer has nothing to say about it.
         """
-        for entry in self._markers:
+        for entry in sorted(self._markers, key=_marker_order):
             self._write_marker(entry)
             self._close_retired()
         self._markers.clear()
@@ -411,6 +411,14 @@ class Extractor:
             self._apply_meta(parent_fd, name or ".", entry, meta)
             self._close_retired()
         self._dirs.clear()
+
+
+def _marker_order(entry: Entry) -> tuple[bool, int]:
+    """Opaque marks first (each makes its directory part of the layer, as in ROOTFS mode),
+    then whiteouts, shallow paths first: a whiteout of ``a`` leaves nothing for the whiteouts
+    below ``a`` to write (they would otherwise create a directory ``a`` the layer lacks)."""
+    depth = entry.path.count("/") + 1
+    return entry.kind is Kind.WHITEOUT, depth
 
 
 def _readable(dir_fd: int) -> str:

@@ -186,6 +186,26 @@ def test_whiteout_hides_lower_layers_only(tmp_path: Path, kind: str, whiteout_fi
         assert "/opt/old/new" in tree and "/opt/old/x" not in tree
 
 
+@pytest.mark.parametrize(
+    ("below", "left"),
+    [
+        ("opt/old/.wh.x", []),
+        ("opt/old/y/.wh.z", []),
+        ("opt/old/.wh..wh..opq", ["/opt/old"]),
+        ("opt/old/y/.wh..wh..opq", ["/opt/old", "/opt/old/y"]),
+    ],
+)
+def test_whiteout_of_a_directory_with_markers_below_it(
+    tmp_path: Path, below: str, left: list[str]
+) -> None:
+    """A whiteout marker never makes its directory part of the layer, an opaque one does:
+    whiteouts below a name the layer whites out leave nothing, opaque directories stay."""
+    for order, layer in enumerate(([f(below), f("opt/.wh.old")], [f("opt/.wh.old"), f(below)])):
+        (tmp_path / str(order)).mkdir()
+        tree = both_ways(tmp_path / str(order), LOWER, layer)
+        assert [path for path in tree if path.startswith("/opt/old")] == left
+
+
 def test_same_layer_whiteout_as_files_in_an_unprivileged_layer(tmp_path: Path) -> None:
     """With `.wh.` files for whiteouts, a kept directory is opaque and carries no whiteout."""
     layer = [d("opt"), d("opt/old"), f("opt/old/new"), f("opt/.wh.old"), f("etc/.wh.motd")]
