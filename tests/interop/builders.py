@@ -10,19 +10,16 @@ reference that ``umoci unpack`` reads as the expected tree.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.lazy.tools import Containerd
+
 TOOL_TIMEOUT = 120  # seconds for one builder command
-CONTAINERD_START = 30  # seconds to wait for containerd's socket
 
 
 def sh(*args: str | Path, cwd: Path | None = None) -> str:
@@ -249,64 +246,24 @@ def build_skopeo(work: Path, built: dict[str, Built]) -> dict[str, Built]:
 # -- stargz-snapshotter's ctr-remote (needs a containerd of its own) ---------------------------
 
 
-@contextlib.contextmanager
-def containerd(work: Path) -> Iterator[list[str]]:
-    """A containerd daemon below *work*, stopped at the end; yields the ``ctr-remote`` command.
-
-    Only the content store is used (images are imported without unpacking), so it mounts
-    nothing; the CRI and /opt plugins are disabled.
-    """
-    base = work / "containerd"
-    base.mkdir()
-    socket = base / "c.sock"
-    config = base / "config.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{base / "root"}"\n'
-        f'state = "{base / "state"}"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]\n'
-        f'[grpc]\n  address = "{socket}"\n'
-    )
-    with (base / "log").open("wb") as log:
-        daemon = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=log, stderr=log, start_new_session=True
-        )
-    ctr = ["ctr-remote", "--address", str(socket)]
-    try:
-        deadline = time.monotonic() + CONTAINERD_START
-        while subprocess.run([*ctr, "version"], capture_output=True, check=False).returncode:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"containerd did not start: {(base / 'log').read_text()}")
-            time.sleep(0.1)
-        yield ctr
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-
-
 def build_ctr_remote(work: Path, built: dict[str, Built]) -> dict[str, Built]:
     """eStargz and zstd:chunked conversions of the umoci `insert` image, exported as OCI
-    archives named by containerd's `io.containerd.image.name` annotation."""
+    archives named by containerd's `io.containerd.image.name` annotation.
+
+    The containerd is the test's own (:class:`tests.lazy.tools.Containerd`); images are
+    imported without unpacking, so it mounts nothing.
+    """
     source = work / "ctr-source.tar"
-    sh(
-        "skopeo",
-        "copy",
-        "-q",
-        f"oci:{built['umoci-insert'].reference}",
-        f"docker-archive:{source}:src/insert:1",
-    )
+    insert = built["umoci-insert"].reference
+    sh("skopeo", "copy", "-q", f"oci:{insert}", f"docker-archive:{source}:src/insert:1")
     out: dict[str, Built] = {}
-    with containerd(work) as ctr:
-        sh(*ctr, "images", "import", "--no-unpack", source)
-        (imported,) = sh(*ctr, "images", "ls", "-q").split()
+    with Containerd(work / "containerd") as containerd:
+        containerd.ctr("images", "import", "--no-unpack", source)
+        (imported,) = containerd.ctr("images", "ls", "-q").split()
         for flag, name in (("--estargz", "esgz"), ("--zstdchunked", "zstdchunked")):
-            sh(*ctr, "images", "convert", flag, "--oci", imported, f"converted/{name}:1")
+            containerd.ctr("images", "convert", flag, "--oci", imported, f"converted/{name}:1")
             archive = work / f"ctr-{name}.tar"
-            sh(*ctr, "images", "export", archive, f"converted/{name}:1")
+            containerd.ctr("images", "export", archive, f"converted/{name}:1")
             ref = gzip_reference(work, f"oci-archive:{archive}", name)
             out[f"ctr-remote-{name}"] = Built(str(archive), ref, None, f"converted/{name}:1")
     return out
