@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: FUSE and its headers (pyfuse3 builds against them), and the
-# reference tools the tests compare layerfs with.
+# reference tools the tests compare layerfs with or build test images with.
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr zstd \
 	fuse-overlayfs umoci skopeo busybox-static runc docker-registry apache2-utils \
-	containerd stargz-snapshotter strace
+	buildah containerd stargz-snapshotter strace
 
 .PHONY: demo test lint typecheck bench bench-lazy deps venv clean install-helper
 

@@ -25,6 +25,7 @@ from rich.progress import (
 
 from layerfs.lazy.remote import RegistryRemote
 from layerfs.store.images import Image
+from layerfs.store.sources import split_source
 from layerfs.store.store import ROOT_ENV, Store
 from layerfs.tar import Compression
 
@@ -200,18 +201,31 @@ def inspect_cmd(root: str | None, ref: str) -> None:
 
 @click.command("import")
 @root_option
-@click.argument("path", type=click.Path(exists=True))
-@click.argument("ref", required=False)
-def import_cmd(root: str | None, path: str, ref: str | None) -> None:
+@click.argument("source", metavar="PATH[:REFNAME]")
+@click.argument("ref", metavar="[NAME[:TAG]]", required=False)
+def import_cmd(root: str | None, source: str, ref: str | None) -> None:
     """Import an OCI image layout (dir or tar) or a docker-archive (docker save) tarball.
 
-    REF tags the imported image; without it the names the source carries are used.
+    PATH:REFNAME imports only the image the source calls REFNAME (the layout's
+    org.opencontainers.image.ref.name, e.g. `v1` from `skopeo copy ... oci:DIR:v1`, or a
+    docker-archive RepoTag). NAME[:TAG] names the imported image (TAG defaults to latest).
+    Without it an image keeps the name its source gives: a containerd name, a ref.name of
+    the form NAME:TAG, or RepoTags. A bare tag such as `v1` is never taken for a name: such
+    an image is imported untagged (shown as <none>).
     """
+    path, ref_name = split_source(source)
     store = open_store(root)
     with progress_bar() as progress:
-        imported = store.import_path(path, ref, progress)
+        imported = store.import_path(path, ref, progress, ref_name=ref_name)
     for image in imported:
-        click.echo(f"{image.digest} {' '.join(image.names)}".rstrip())
+        click.echo(f"{image.digest} {' '.join(image.names) or '<none>'}")
+    if any(not image.names for image in imported):
+        hint = f"{source}:REFNAME" if ref_name is None else source
+        click.echo(
+            f"layerfs: the source names no repository for <none> images; name one with"
+            f" `layerfs import {hint} NAME[:TAG]` or `layerfs tag ID NAME[:TAG]`",
+            err=True,
+        )
 
 
 @click.command("export")

@@ -6,6 +6,14 @@ schema 2 manifests are rewritten with OCI media types (configs and layers are by
 the same, so their digests stay valid; the manifest gets a new digest). A multi-platform
 index contributes the manifest for this machine's platform. The caller (the store facade)
 tags the returned manifests in ``index.json`` only after all their blobs are in.
+
+Names: an image is named by what its source says is a *name*, never by a bare tag. In an OCI
+layout that is containerd's ``io.containerd.image.name``, or an
+``org.opencontainers.image.ref.name`` of the form ``NAME:TAG`` (skopeo's
+``oci:DIR:alpine:3.19``, layerfs's own exports); a ref.name without a tag (``v1``, as umoci and
+skopeo write for ``DIR:v1``) is a tag within the layout and names no repository. A
+docker-archive's ``RepoTags`` are full names. The caller picks images by these source names
+(``ref_name``) and may give the name itself.
 """
 
 from __future__ import annotations
@@ -24,12 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from layerfs.errors import BadReferenceError, DigestMismatchError, LayerFormatError, StoreError
+from layerfs.errors import (
+    BadReferenceError,
+    DigestMismatchError,
+    LayerFormatError,
+    NotFoundError,
+    StoreError,
+)
 from layerfs.store.blobs import BlobStore, atomic_file, digest_bytes
 from layerfs.store.images import Image, with_tag, with_untagged
 from layerfs.store.layout import INDEX_FILE, OCI_LAYOUT_FILE, check_layout_marker
 from layerfs.store.oci import (
     ANNOTATION_CONTAINERD_NAME,
+    ANNOTATION_REF_NAME,
     DOCKER_MANIFEST,
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -42,7 +57,7 @@ from layerfs.store.oci import (
     config_diff_ids,
     load_json,
 )
-from layerfs.store.refs import parse_reference
+from layerfs.store.refs import has_tag, parse_reference
 from layerfs.store.sources import Source
 from layerfs.tar import MEDIA_TYPES, Compression, detect_compression, open_decompressed
 from layerfs.types import Digest
@@ -56,10 +71,12 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", 
 
 @dataclass(frozen=True, slots=True)
 class Imported:
-    """A manifest now in the store and the ``name:tag`` names its source gave it."""
+    """A manifest now in the store, the ``name:tag`` names its source gave it, and the names
+    the source knows it by (ref.name, containerd name or ``RepoTags``, as written there)."""
 
     descriptor: Descriptor
     names: tuple[str, ...]
+    source_names: tuple[str, ...] = ()
 
 
 def source_format(source: Source) -> str:
@@ -73,26 +90,67 @@ def source_format(source: Source) -> str:
     )
 
 
-def import_source(blobs: BlobStore, source: Source, progress: Progress | None) -> list[Imported]:
-    """Copy every image of *source* into *blobs*; see the module docstring."""
+def import_source(
+    blobs: BlobStore, source: Source, progress: Progress | None, ref_name: str | None = None
+) -> list[Imported]:
+    """Copy the images of *source* into *blobs*: all, or those the source calls *ref_name*.
+
+    *ref_name* is matched against an OCI layout's ``org.opencontainers.image.ref.name`` and
+    ``io.containerd.image.name`` annotations, or a docker-archive's ``RepoTags``;
+    ``NotFoundError`` when nothing matches. See the module docstring for the names.
+    """
     if source_format(source) == "docker-archive":
-        return _import_docker(blobs, source, progress)
-    return _import_oci(blobs, source, progress)
+        return _import_docker(blobs, source, progress, ref_name)
+    return _import_oci(blobs, source, progress, ref_name)
+
+
+def _matches(source_names: tuple[str, ...], ref_name: str | None) -> bool:
+    """Whether *ref_name* picks an image the source calls *source_names*: the same text, or
+    the same reference up to the default tag and Docker Hub's ``docker.io/[library/]``
+    prefix (skopeo and buildah write ``docker.io/app:1`` into a docker-archive)."""
+    if ref_name is None or ref_name in source_names:
+        return True
+    wanted = _hub_short(_as_reference(ref_name))
+    return wanted is not None and wanted in (_hub_short(_as_reference(n)) for n in source_names)
+
+
+def _as_reference(text: str) -> str | None:
+    try:
+        return parse_reference(text).tagged
+    except BadReferenceError:
+        return None
+
+
+def _hub_short(name: str | None) -> str | None:
+    for prefix in ("docker.io/", "library/"):
+        if name is not None and name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def _none_matched(ref_name: str | None, known: list[str]) -> NotFoundError:
+    listed = ", ".join(repr(n) for n in known) or "none"
+    return NotFoundError(f"no image named {ref_name!r} in the source (it has: {listed})")
 
 
 # -- OCI image layout --------------------------------------------------------------------------
 
 
-def _import_oci(blobs: BlobStore, source: Source, progress: Progress | None) -> list[Imported]:
+def _import_oci(
+    blobs: BlobStore, source: Source, progress: Progress | None, ref_name: str | None
+) -> list[Imported]:
     marker = load_json(source.read(OCI_LAYOUT_FILE), OCI_LAYOUT_FILE)
     if not str(marker.get("imageLayoutVersion", "")).startswith("1."):
         raise StoreError(f"unsupported image layout version {marker.get('imageLayoutVersion')!r}")
     index = Index.from_bytes(source.read(INDEX_FILE), INDEX_FILE)
+    entries = [e for e in index.manifests if _matches(_source_names(e), ref_name)]
+    if not entries:
+        raise _none_matched(ref_name, [n for e in index.manifests for n in _source_names(e)])
     imported = []
-    for entry in index.manifests:
+    for entry in entries:
         manifest_desc = _select_manifest(source, entry)
         stored = _copy_image(blobs, source, manifest_desc, progress)
-        imported.append(Imported(stored, _names_of(entry)))
+        imported.append(Imported(stored, _names_of(entry), _source_names(entry)))
     return imported
 
 
@@ -151,33 +209,46 @@ def _copy_image(
     return Descriptor(manifest.media_type, desc.digest, desc.size)
 
 
-def _names_of(entry: Descriptor) -> tuple[str, ...]:
-    """The name an index entry gives its image: containerd's full name, else ``ref.name``.
+def _source_names(entry: Descriptor) -> tuple[str, ...]:
+    """What an OCI index entry calls its image: ref.name and containerd's name, if set."""
+    names = (entry.annotations.get(k) for k in (ANNOTATION_REF_NAME, ANNOTATION_CONTAINERD_NAME))
+    return tuple(n for n in names if n)
 
-    ``ref.name`` is read as a reference, so skopeo's ``alpine:3.19`` stays ``alpine:3.19`` and
-    umoci's bare tag ``demo`` becomes ``demo:latest``.
-    """
-    for key in (ANNOTATION_CONTAINERD_NAME, "org.opencontainers.image.ref.name"):
-        value = entry.annotations.get(key)
+
+def _names_of(entry: Descriptor) -> tuple[str, ...]:
+    """The name an index entry gives its image, if it gives one (see the module docstring)."""
+    containerd = entry.annotations.get(ANNOTATION_CONTAINERD_NAME)
+    ref_name = entry.annotations.get(ANNOTATION_REF_NAME)
+    for value in (containerd, ref_name if ref_name and has_tag(ref_name) else None):
         if value:
-            try:
-                return (parse_reference(value).tagged,)
-            except BadReferenceError:
-                log.warning("import: ignoring unusable image name %r", value)
+            name = _as_reference(value)
+            if name is not None:
+                return (name,)
+            log.warning("import: ignoring unusable image name %r", value)
     return ()
 
 
 # -- docker-archive ----------------------------------------------------------------------------
 
 
-def _import_docker(blobs: BlobStore, source: Source, progress: Progress | None) -> list[Imported]:
+def _import_docker(
+    blobs: BlobStore, source: Source, progress: Progress | None, ref_name: str | None
+) -> list[Imported]:
     try:
         entries = json.loads(source.read(DOCKER_MANIFEST_FILE))
     except ValueError as exc:
         raise StoreError(f"{DOCKER_MANIFEST_FILE}: invalid JSON") from exc
     if not isinstance(entries, list):
         raise StoreError(f"{DOCKER_MANIFEST_FILE}: expected a list")
-    return [_import_docker_image(blobs, source, entry, progress) for entry in entries]
+    chosen = [e for e in entries if _matches(_repo_tags(e), ref_name)]
+    if not chosen:
+        raise _none_matched(ref_name, [n for e in entries for n in _repo_tags(e)])
+    return [_import_docker_image(blobs, source, entry, progress) for entry in chosen]
+
+
+def _repo_tags(entry: Any) -> tuple[str, ...]:
+    tags = entry.get("RepoTags") if isinstance(entry, dict) else None
+    return tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
 
 
 def _import_docker_image(
@@ -199,8 +270,8 @@ def _import_docker_image(
     config_info = blobs.put_bytes(config_bytes)
     config_desc = Descriptor(OCI_CONFIG, config_info.digest, config_info.size)
     info = blobs.put_bytes(Manifest(config_desc, tuple(layers)).to_bytes())
-    names = tuple(parse_reference(tag).tagged for tag in entry.get("RepoTags") or [])
-    return Imported(Descriptor(OCI_MANIFEST, info.digest, info.size), names)
+    names = tuple(parse_reference(tag).tagged for tag in _repo_tags(entry))
+    return Imported(Descriptor(OCI_MANIFEST, info.digest, info.size), names, _repo_tags(entry))
 
 
 def _check_named_digest(path: str, data: bytes) -> None:

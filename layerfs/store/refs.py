@@ -96,6 +96,13 @@ def parse_tagged(text: str) -> Reference:
     return ref
 
 
+def has_tag(text: str) -> bool:
+    """Whether *text* spells a tag after its name (``app:1``, ``host:5000/app:1``), so that it
+    names an image rather than being a bare tag such as ``v1``."""
+    last = text.split("@", 1)[0].rsplit("/", 1)[-1]
+    return ":" in last
+
+
 def short_id_prefix(text: str) -> str | None:
     """The hex digits of *text* if it may be an image-id prefix (``3f2a``, ``sha256:3f2a...``)."""
     match = _SHORT_ID_RE.match(text)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from layerfs.errors import LayerFormatError, NotFoundError, StoreError
-from layerfs.tar import Compression, detect_compression, open_decompressed
+from layerfs.tar import Compression, StrictTarInfo, detect_compression, open_decompressed
 
 HEAD_SIZE = 8  # bytes read to recognise a compressed archive
 
@@ -66,7 +66,9 @@ class TarSource:
 
     def __init__(self, handle: BinaryIO, name: str) -> None:
         try:
-            self._tar = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115 (lives with self)
+            self._tar = tarfile.open(  # noqa: SIM115 (lives with self)
+                fileobj=handle, mode="r:", tarinfo=StrictTarInfo
+            )
         except tarfile.TarError as exc:
             raise LayerFormatError(f"{name}: not a tar archive ({exc})") from exc
         self._name = name
@@ -93,6 +95,25 @@ class TarSource:
     def read(self, path: str) -> bytes:
         with self.open(path) as handle:
             return handle.read()
+
+
+def split_source(text: str) -> tuple[Path, str | None]:
+    """``PATH`` or ``PATH:REFNAME`` (like skopeo's ``oci:DIR:REFNAME``): the path and the name.
+
+    *text* is a path as a whole when something exists there. Otherwise it is split at the
+    first ``:`` whose left part exists, so a path holding a ``:`` still works and REFNAME may
+    hold colons (``layout:alpine:3.19``). ``NotFoundError`` when no such split exists.
+    """
+    if os.path.lexists(text):
+        return Path(text), None
+    at = text.find(":")
+    while at > 0:
+        if os.path.lexists(text[:at]) and at + 1 < len(text):
+            return Path(text[:at]), text[at + 1 :]
+        at = text.find(":", at + 1)
+    raise NotFoundError(
+        f"{text}: no such file or directory (nor PATH:REFNAME with an existing PATH)"
+    )
 
 
 @contextlib.contextmanager

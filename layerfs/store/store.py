@@ -392,12 +392,20 @@ class Store:
     # -- import / export -------------------------------------------------------------------
 
     def import_path(
-        self, path: str | os.PathLike[str], ref: str | None = None, progress: Progress | None = None
+        self,
+        path: str | os.PathLike[str],
+        ref: str | None = None,
+        progress: Progress | None = None,
+        *,
+        ref_name: str | None = None,
     ) -> list[Image]:
         """Import an OCI image layout (directory or tarball) or a ``docker save`` tarball.
 
-        The format is detected. With *ref* the (single) imported image is tagged *ref* instead
-        of the names the source gives.
+        The format is detected. *ref_name* picks the images the source calls so (an OCI
+        ``ref.name`` or containerd name, a docker ``RepoTags`` entry). With *ref* the (single)
+        imported image is tagged *ref*; otherwise it gets the name the source gives it, if the
+        source gives one: a bare layout tag such as ``v1`` names no repository, and such an
+        image is imported untagged (see ``docs/images.md``).
         """
         source_path = Path(path)
         report = progress or NoProgress()
@@ -405,9 +413,12 @@ class Store:
             new_tag = parse_tagged(ref).tagged if ref is not None else None
             with open_source(source_path, self.layout.tmp_dir) as source:
                 report.phase(f"importing {source_path.name}", None)
-                imported = archive.import_source(self.blobs, source, report.advance)
+                imported = archive.import_source(self.blobs, source, report.advance, ref_name)
             if new_tag is not None and len(imported) != 1:
-                raise StoreError(f"{source_path}: holds {len(imported)} images; a REF needs one")
+                raise StoreError(
+                    f"{source_path}: holds {len(imported)} images; a name needs one"
+                    " (pick it with PATH:REFNAME)"
+                )
             index = self.layout.read_index()
             for item in imported:
                 names = (new_tag,) if new_tag is not None else item.names

@@ -6,6 +6,7 @@ determinism rules.
 
 from __future__ import annotations
 
+from layerfs.tar._tarinfo import MAX_EXTENDED_HEADER, StrictTarInfo
 from layerfs.tar.apply import ApplyMode, ApplyOptions, ApplyResult, apply_layer
 from layerfs.tar.changes import Change, ChangeKind, diff_changes
 from layerfs.tar.compression import (
@@ -17,6 +18,7 @@ from layerfs.tar.compression import (
 from layerfs.tar.create import CreateOptions, LayerDescriptor, create_layer
 
 __all__ = [
+    "MAX_EXTENDED_HEADER",
     "MEDIA_TYPES",
     "ApplyMode",
     "ApplyOptions",
@@ -26,6 +28,7 @@ __all__ = [
     "Compression",
     "CreateOptions",
     "LayerDescriptor",
+    "StrictTarInfo",
     "apply_layer",
     "create_layer",
     "detect_compression",

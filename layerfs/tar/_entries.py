@@ -3,12 +3,14 @@
 Every rule that can be decided from a member alone lives here, so that the ROOTFS pre-pass
 and the extraction pass enforce exactly the same thing: names are made relative and free of
 ``.``/empty components, ``..`` and absolute names are refused, whiteouts must name one plain
-child, hard-link targets obey the same rules as names.
+child, hard-link targets obey the same rules as names (but an absolute target is read from the
+root).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import tarfile
 from dataclasses import dataclass
 
@@ -16,6 +18,13 @@ from layerfs.errors import LayerFormatError, UnsafeLayerError
 from layerfs.whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, whited_out_name
 
 AUFS_META_PREFIX = WHITEOUT_PREFIX + WHITEOUT_PREFIX  # ".wh..wh.": AUFS bookkeeping, not data
+XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")  # PAX records that carry xattrs
+XATTR_NAME_MAX = 255  # bytes, as Linux
+XATTR_SIZE_MAX = 65536  # bytes of one xattr value, as Linux
+ID_LIMIT = 1 << 32  # uids, gids and device numbers are unsigned 32-bit
+MTIME_LIMIT = (1 << 63) // 1_000_000_000  # seconds either side of 1970 that fit in ns
+NAME_MAX = 255  # bytes of one path component, as Linux
+LINK_MAX = 4095  # bytes of a symlink target, as Linux (PATH_MAX less the NUL)
 
 
 class Kind(enum.Enum):
@@ -56,9 +65,13 @@ def malformed(raw: str, reason: str) -> LayerFormatError:
     return LayerFormatError(f"bad layer entry {raw!r}: {reason}")
 
 
-def normalise(raw: str, name: str) -> list[str]:
-    """The components of archive path *name*; refuses absolute paths and ``..``."""
-    if name.startswith("/"):
+def normalise(raw: str, name: str, *, from_root: bool = False) -> list[str]:
+    """The components of archive path *name*; refuses ``..`` and absolute paths.
+
+    With *from_root* an absolute *name* means the same path relative to the layer's root
+    (how kaniko writes hard-link targets).
+    """
+    if name.startswith("/") and not from_root:
         raise unsafe(raw, "absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
@@ -97,6 +110,7 @@ def classify(member: tarfile.TarInfo, max_bytes: int) -> Entry:
         raise LayerFormatError(
             f"bad layer entry {raw!r}: size {member.size} exceeds the limit of {max_bytes} bytes"
         )
+    _check_fields(raw, member)
     if not parts:
         if not member.isdir():
             raise unsafe(raw, "replaces the root directory")
@@ -113,7 +127,7 @@ def classify(member: tarfile.TarInfo, max_bytes: int) -> Entry:
     if kind is Kind.HARDLINK:
         if not member.linkname:
             raise malformed(raw, "hard link without a target")
-        target_parts = normalise(raw, member.linkname)
+        target_parts = normalise(raw, member.linkname, from_root=True)
         if not target_parts:
             raise unsafe(raw, "hard link to the root directory")
         link = "/".join(target_parts)
@@ -121,3 +135,38 @@ def classify(member: tarfile.TarInfo, max_bytes: int) -> Entry:
             raise malformed(raw, "hard link to itself")
         return Entry(raw, kind, parent, name, link)
     return Entry(raw, kind, parent, name)
+
+
+def _check_fields(raw: str, member: tarfile.TarInfo) -> None:
+    """Refuse header fields no file system can hold (PAX records can say anything)."""
+    if "\0" in member.name or "\0" in member.linkname:
+        raise malformed(raw, "a name or link target holds a NUL byte")
+    if any(_length(part) > NAME_MAX for part in member.name.split("/")):
+        raise malformed(raw, f"a name component is longer than {NAME_MAX} bytes")
+    if _length(member.linkname) > LINK_MAX:
+        raise malformed(raw, f"the link target is longer than {LINK_MAX} bytes")
+    if member.size < 0:
+        raise malformed(raw, f"negative size {member.size}")
+    for what, number in (("uid", member.uid), ("gid", member.gid)):
+        if not 0 <= number < ID_LIMIT:
+            raise malformed(raw, f"{what} {number} is out of range")
+    devices = (member.devmajor, member.devminor) if member.ischr() or member.isblk() else ()
+    if not all(0 <= device < ID_LIMIT for device in devices):
+        raise malformed(raw, "device numbers out of range")
+    if not (math.isfinite(member.mtime) and abs(member.mtime) < MTIME_LIMIT):
+        raise malformed(raw, f"mtime {member.mtime} is out of range")
+    for key, value in member.pax_headers.items():
+        for prefix in XATTR_PREFIXES:
+            if key.startswith(prefix):
+                name = key[len(prefix) :]
+                if _length(name) > XATTR_NAME_MAX:
+                    raise malformed(
+                        raw, f"xattr name {name[:40]!r}... is longer than {XATTR_NAME_MAX} bytes"
+                    )
+                if _length(value) > XATTR_SIZE_MAX:
+                    raise malformed(raw, f"xattr {name!r} is larger than {XATTR_SIZE_MAX} bytes")
+
+
+def _length(text: str) -> int:
+    """Bytes of *text* on disk (names that are not UTF-8 arrive as surrogate escapes)."""
+    return len(text.encode("utf-8", "surrogateescape"))

@@ -8,6 +8,12 @@ the tree. An entry that names an existing object replaces it (unlink, or remove 
 subtree for a directory replaced by a non-directory); a directory over a directory is merged.
 Directory metadata is applied last, deepest first, so that later entries neither bump a
 directory's mtime nor run into a read-only directory.
+
+Whiteouts and opaque markers apply to the layers below only (OCI image-spec, layer.md): what
+this layer itself adds stays, whatever the order of the entries. In LAYER mode they are
+therefore written at the end, once every entry is in place; in ROOTFS mode they delete at
+once, sparing what this layer has unpacked so far. A marker below a non-directory of this
+layer has nothing to hide and does nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from layerfs import hostfs
-from layerfs.tar._entries import Entry, Kind, malformed, unsafe
+from layerfs.tar._entries import XATTR_PREFIXES, Entry, Kind, malformed, unsafe
 from layerfs.tar._streams import CHUNK
 from layerfs.whiteout import (
     OPAQUE_VALUE,
@@ -35,8 +41,8 @@ from layerfs.whiteout import (
 
 log = logging.getLogger(__name__)
 
-XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 _DIR_CREATE_MODE = 0o700  # until the entry's own mode is applied at the end
+_IMPLICIT_DIR_MODE = 0o755  # a directory the layer needs but has no entry for (and its root)
 _FILE_CREATE_MODE = 0o600
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -105,6 +111,7 @@ class Extractor:
         self._fds: dict[str, int] = {}
         self._retired: list[int] = []  # closed between entries, never under a caller's feet
         self._layer_paths: set[str] = {""}
+        self._markers: list[Entry] = []  # LAYER mode: whiteouts and opaque markers, for the end
 
     # -- directories -------------------------------------------------------------------
     def close(self) -> None:
@@ -128,6 +135,17 @@ class Extractor:
 
     def _dir_fd(self, path: str, entry: Entry) -> int:
         """An O_PATH descriptor of directory *path*, created (0755) where missing."""
+        fd = self._open_dir(path, entry, create=True, marker=False)
+        assert fd is not None  # only markers are told "nothing to do here"
+        return fd
+
+    def _open_dir(self, path: str, entry: Entry, *, create: bool, marker: bool) -> int | None:
+        """The descriptor of directory *path*; for a *marker*, None when there is nothing to do.
+
+        A marker needs no directory below a non-directory of this layer (it hides nothing
+        there), nor, without *create*, below a missing one. A symlink on the way that the layer
+        did not make is always unsafe; one it made stops only ordinary entries.
+        """
         fd = self._fds.get(path)
         if fd is not None:
             return fd
@@ -136,26 +154,34 @@ class Extractor:
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                 raise
-            fd = self._walk_creating(path, entry)
+            fd = self._walk_to_dir(path, entry, create=create, marker=marker)
+            if fd is None:
+                return None
         if len(self._fds) >= 64:
             self._forget_fds()
         self._fds[path] = fd
         return fd
 
-    def _walk_creating(self, path: str, entry: Entry) -> int:
+    def _walk_to_dir(self, path: str, entry: Entry, *, create: bool, marker: bool) -> int | None:
         fd = os.dup(self._root)
         done: list[str] = []
         try:
             for part in path.split("/"):
                 st = hostfs.lstat_or_none(fd, part)
+                where = "/".join([*done, part])
                 if st is None:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                elif stat.S_ISLNK(st.st_mode):
-                    raise unsafe(entry.raw, f"parent {'/'.join([*done, part])!r} is a symlink")
+                    if not create:
+                        os.close(fd)
+                        return None
+                    os.mkdir(part, _IMPLICIT_DIR_MODE, dir_fd=fd)
+                    hostfs.chmod_at(fd, part, _IMPLICIT_DIR_MODE)  # whatever the umask
                 elif not stat.S_ISDIR(st.st_mode):
-                    raise malformed(
-                        entry.raw, f"parent {'/'.join([*done, part])!r} is not a directory"
-                    )
+                    if marker and (not stat.S_ISLNK(st.st_mode) or self._made_here(where)):
+                        os.close(fd)
+                        return None
+                    if stat.S_ISLNK(st.st_mode):
+                        raise unsafe(entry.raw, f"parent {where!r} is a symlink")
+                    raise malformed(entry.raw, f"parent {where!r} is not a directory")
                 nxt = os.open(part, hostfs.O_PATH_DIR, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
@@ -164,6 +190,10 @@ class Extractor:
         except BaseException:
             os.close(fd)
             raise
+
+    def _made_here(self, path: str) -> bool:
+        """Whether this layer made *path* (in LAYER mode, everything in the tree)."""
+        return not self._rootfs or path in self._layer_paths
 
     def _remember(self, path: str) -> None:
         """Mark *path* and its ancestors as part of this layer (opaque dirs keep them)."""
@@ -198,16 +228,18 @@ class Extractor:
         kind = entry.kind
         if kind is Kind.SKIP:
             return
-        if kind is Kind.OPAQUE:
-            self._opaque(entry)
+        if kind in (Kind.WHITEOUT, Kind.OPAQUE):
+            if not self._rootfs:
+                self._markers.append(entry)  # lower layers only: written after every entry
+            elif kind is Kind.WHITEOUT:
+                self._delete_below(entry)
+            else:
+                self._clear_below(entry)
             return
         if not entry.name:  # the root directory itself
             self._dirs[""] = _meta_of(member)
             return
         parent_fd = self._dir_fd(entry.parent, entry)
-        if kind is Kind.WHITEOUT:
-            self._whiteout(parent_fd, entry, member)
-            return
         if kind in (Kind.CHAR, Kind.BLOCK) and not may_create_devices():
             raise unsafe(entry.raw, "device files are only created by root")
         if self._rootfs:
@@ -256,9 +288,9 @@ class Extractor:
 
     def _hardlink(self, parent_fd: int, entry: Entry) -> None:
         target_parent, _, target_name = entry.link.rpartition("/")
-        target_fd = self._dir_fd(target_parent, entry)
-        st = hostfs.lstat_or_none(target_fd, target_name)
-        if st is None:
+        target_fd = self._open_dir(target_parent, entry, create=False, marker=False)
+        st = None if target_fd is None else hostfs.lstat_or_none(target_fd, target_name)
+        if target_fd is None or st is None:
             raise malformed(entry.raw, f"hard link target {entry.link!r} does not exist")
         if stat.S_ISDIR(st.st_mode):
             raise malformed(entry.raw, f"hard link target {entry.link!r} is a directory")
@@ -296,31 +328,53 @@ class Extractor:
         hostfs.utime_at(parent_fd, name, meta.mtime_ns, meta.mtime_ns)
 
     # -- whiteouts ---------------------------------------------------------------------
-    def _whiteout(self, parent_fd: int, entry: Entry, member: tarfile.TarInfo) -> None:
-        if self._rootfs:
-            st = hostfs.lstat_or_none(parent_fd, entry.name)
-            if st is not None:
-                self._remove(parent_fd, entry.name, entry.path, st)
-            self._layer_paths.discard(entry.path)
+    def _delete_below(self, entry: Entry) -> None:
+        """ROOTFS: delete what lower layers have at the whiteout's name; this layer's stays."""
+        parent_fd = self._open_dir(entry.parent, entry, create=False, marker=True)
+        if parent_fd is None:
+            return
+        st = hostfs.lstat_or_none(parent_fd, entry.name)
+        if st is None:
+            return
+        if entry.path not in self._layer_paths:
+            self._remove(parent_fd, entry.name, entry.path, st)
+        elif stat.S_ISDIR(st.st_mode):  # made by this layer: only what was below it goes
+            sub = os.open(entry.name, hostfs.O_PATH_DIR, dir_fd=parent_fd)
+            try:
+                self._clear_unpacked(sub, entry.path)
+            finally:
+                os.close(sub)
+
+    def _clear_below(self, entry: Entry) -> None:
+        """ROOTFS: an opaque marker removes what lower layers have in its directory."""
+        fd = self._open_dir(entry.parent, entry, create=True, marker=True)
+        if fd is not None:
+            self._remember(entry.parent)
+            self._clear_unpacked(fd, entry.parent)
+
+    def _write_marker(self, entry: Entry) -> None:
+        """LAYER: write a whiteout or opaque mark, now that every entry of the layer is in.
+
+        A name this layer has is kept: a non-directory already hides what is below it, and a
+        directory is made opaque so that it no longer merges with the one below.
+        """
+        fd = self._open_dir(entry.parent, entry, create=True, marker=True)
+        if fd is None:
+            return
+        if entry.kind is Kind.OPAQUE:
+            hostfs.setxattr_at(fd, ".", self._format.opaque_xattr, OPAQUE_VALUE)
+            return
+        st = hostfs.lstat_or_none(fd, entry.name)
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                hostfs.setxattr_at(fd, entry.name, self._format.opaque_xattr, OPAQUE_VALUE)
             return
         if self._format.whiteouts is WhiteoutStyle.WH_FILE:
             wh_name = whiteout_file_name(entry.name)
-            st = hostfs.lstat_or_none(parent_fd, wh_name)
-            if st is not None:
-                self._remove(parent_fd, wh_name, entry.path, st)
-            fd = os.open(wh_name, _NEW_FILE, _FILE_CREATE_MODE, dir_fd=parent_fd)
-            os.close(fd)
+            if hostfs.lstat_or_none(fd, wh_name) is None:
+                os.close(os.open(wh_name, _NEW_FILE, _FILE_CREATE_MODE, dir_fd=fd))
             return
-        self._make_room(parent_fd, entry, keep_dir=False)
-        os.mknod(entry.name, stat.S_IFCHR, 0, dir_fd=parent_fd)
-
-    def _opaque(self, entry: Entry) -> None:
-        fd = self._dir_fd(entry.parent, entry)
-        if self._rootfs:
-            self._remember(entry.parent)
-            self._clear_unpacked(fd, entry.parent)
-        else:
-            hostfs.setxattr_at(fd, ".", self._format.opaque_xattr, OPAQUE_VALUE)
+        os.mknod(entry.name, stat.S_IFCHR, 0, dir_fd=fd)
 
     def _clear_unpacked(self, dir_fd: int, path: str) -> None:
         """Remove every child of *path* that this layer did not put there (recursively)."""
@@ -338,7 +392,17 @@ class Extractor:
 
     # -- the end -----------------------------------------------------------------------
     def finish(self) -> None:
-        """Apply directory metadata, deepest first, once all content is in place."""
+        """Write the LAYER-mode markers, then directory metadata, deepest first.
+
+        In LAYER mode a root directory without an entry of its own gets mode 0755, as a fresh
+        root file system has: the layer has nothing to say about it.
+        """
+        for entry in sorted(self._markers, key=_marker_order):
+            self._write_marker(entry)
+            self._close_retired()
+        self._markers.clear()
+        if not self._rootfs and "" not in self._dirs:
+            hostfs.chmod_at(self._root, ".", _IMPLICIT_DIR_MODE)
         for path in sorted(self._dirs, reverse=True):
             meta = self._dirs[path]
             parent, _, name = path.rpartition("/")
@@ -347,6 +411,14 @@ class Extractor:
             self._apply_meta(parent_fd, name or ".", entry, meta)
             self._close_retired()
         self._dirs.clear()
+
+
+def _marker_order(entry: Entry) -> tuple[bool, int]:
+    """Opaque marks first (each makes its directory part of the layer, as in ROOTFS mode),
+    then whiteouts, shallow paths first: a whiteout of ``a`` leaves nothing for the whiteouts
+    below ``a`` to write (they would otherwise create a directory ``a`` the layer lacks)."""
+    depth = entry.path.count("/") + 1
+    return entry.kind is Kind.WHITEOUT, depth
 
 
 def _readable(dir_fd: int) -> str:

@@ -141,6 +141,13 @@ class ForwardReader:
         self._pos += len(data)
         return data
 
+    def at_end(self) -> bool:
+        """Whether the stream has no byte left (reads ahead, but never moves the position)."""
+        if self._at < len(self._buf):
+            return False
+        self._buf, self._at = _read_full(self._inner, CHUNK), 0
+        return not self._buf
+
     def seek(self, pos: int, whence: int = 0) -> int:
         if whence != 0 or pos < self._pos:
             raise ValueError("ForwardReader only seeks forward")

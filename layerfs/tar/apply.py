@@ -33,6 +33,7 @@ from layerfs.errors import LayerFormatError, oserror
 from layerfs.tar._entries import Entry, Kind, classify, unsafe
 from layerfs.tar._extract import Extractor
 from layerfs.tar._streams import CHUNK, ForwardReader, HashingReader, digest_of
+from layerfs.tar._tarinfo import StrictTarInfo
 from layerfs.tar.compression import (
     Compression,
     Prefixed,
@@ -77,28 +78,6 @@ class ApplyResult:
     size: int
     diff_id: Digest
     digest: Digest
-
-
-_DAMAGED_HEADER: tuple[type[Exception], ...] = (
-    tarfile.InvalidHeaderError,  # type: ignore[attr-defined]
-    tarfile.TruncatedHeaderError,  # type: ignore[attr-defined]
-)
-_SUBSEQUENT_HEADER_ERROR: type[Exception] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """A ``TarInfo`` whose damaged headers are errors.
-
-    ``tarfile`` ends the archive quietly at a bad checksum or a truncated header after the
-    first member; a layer cut short must not look like a shorter, valid layer.
-    """
-
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
-        try:
-            return super().fromtarfile(tarfile_)
-        except _DAMAGED_HEADER as exc:
-            raise _SUBSEQUENT_HEADER_ERROR(str(exc)) from exc
 
 
 def apply_layer(
@@ -200,14 +179,15 @@ class _SymlinkTracker:
         self._links: set[str] = set()
 
     def check(self, entry: Entry) -> None:
+        if entry.kind in (Kind.WHITEOUT, Kind.OPAQUE, Kind.SKIP):
+            return  # writes nothing through a symlink of this layer: below one it does nothing
         if self._links:
             for where in (entry.parent, entry.link.rpartition("/")[0]):
                 self._check_parents(entry, where)
-        path = entry.parent if entry.kind is Kind.OPAQUE else entry.path
         if entry.kind is Kind.SYMLINK:
-            self._links.add(path)
+            self._links.add(entry.path)
         else:
-            self._links.discard(path)
+            self._links.discard(entry.path)
 
     def _check_parents(self, entry: Entry, parent: str) -> None:
         while parent:
@@ -243,11 +223,11 @@ def _run(
     entries = 0
     tracker = _SymlinkTracker()
     try:
-        tf = tarfile.open(  # noqa: SIM115 - read member by member below
-            fileobj=cast(BinaryIO, reader), mode="r:", tarinfo=_StrictTarInfo
-        )
+        tf = _open_tar(reader)
         members = cast(list[tarfile.TarInfo], tf.members)  # type: ignore[attr-defined]
-        while (member := tf.next()) is not None:
+        last: tarfile.TarInfo | None = None
+        while (member := _next_member(tf, last, reader)) is not None:
+            last = member
             entries += 1
             if entries > options.max_entries:
                 raise LayerFormatError(
@@ -269,6 +249,44 @@ def _run(
     diff_id = digest_of(tar_stream.hash)
     digest = diff_id if plain else digest_of(blob.hash)
     return ApplyResult(entries, tar_stream.count, diff_id, digest)
+
+
+# What ``tarfile`` raises for header fields it parses without checking (GNU sparse maps)
+_PARSE_ERRORS = (ValueError, OverflowError, IndexError)
+
+
+def _bad_header(last: tarfile.TarInfo | None, exc: Exception) -> LayerFormatError:
+    where = f"after entry {last.name!r}" if last is not None else "at the start"
+    return LayerFormatError(f"malformed layer tar: bad header {where}: {exc}")
+
+
+def _open_tar(reader: ForwardReader) -> tarfile.TarFile:
+    """Open the tar stream (``tarfile`` reads the first header here)."""
+    try:
+        return tarfile.open(fileobj=cast(BinaryIO, reader), mode="r:", tarinfo=StrictTarInfo)
+    except _PARSE_ERRORS as exc:
+        raise _bad_header(None, exc) from exc
+
+
+def _next_member(
+    tf: tarfile.TarFile, last: tarfile.TarInfo | None, reader: ForwardReader
+) -> tarfile.TarInfo | None:
+    """The next member, or None at the end of the archive.
+
+    A tar whose stream ends right after the complete data of its last member, without the
+    padding to 512 bytes and the two zero blocks, ends there (umoci 0.4.7's ``insert`` writes
+    such layers, and Go's ``archive/tar`` reads them). Data cut short stays an error.
+    """
+    try:
+        return tf.next()
+    except _PARSE_ERRORS as exc:
+        raise _bad_header(last, exc) from exc
+    except tarfile.ReadError:
+        if last is None or last.sparse is not None or not reader.at_end():
+            raise
+        if reader.tell() < last.offset_data + (last.size if last.isreg() else 0):
+            raise
+        return None
 
 
 def _apply_entry(

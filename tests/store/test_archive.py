@@ -84,6 +84,8 @@ def test_docker_save_import(tmp_path: Path, blob_paths: bool, as_dir: bool) -> N
     assert [im.names for im in images] == [("x/one:1",), ("x/two:2",)]
     one, two = images
     assert store.layer_dirs(one) == store.layer_dirs(two)[1:]
+    (picked,) = store.import_path(source, "mine:2", ref_name="x/two:2")
+    assert picked.digest == two.digest and "mine:2" in picked.names
 
 
 def test_compressed_docker_archive_and_oci_archive(store: Store, tmp_path: Path) -> None:

@@ -146,3 +146,22 @@ def test_volume_commands(run: Invoke, tmp_path: Path) -> None:
     assert volume("prune") == ""  # named volumes only with --all
     assert volume("prune", "--all") == "db\n"
     assert volume("ls", "-q") == ""
+
+
+def test_import_picks_an_image_by_its_layout_tag(run: Invoke, tmp_path: Path) -> None:
+    """`layerfs import DIR:REFNAME NAME[:TAG]`, like skopeo's `oci:DIR:REFNAME`."""
+    invoke = run
+    colon = tmp_path / "with:colon"
+    write_oci_layout(colon, [Image("v1", [BASE]), Image("v2", [BASE, TOP])])
+    out = invoke("import", str(colon))
+    assert [line.split()[1] for line in out.splitlines()[:2]] == ["<none>", "<none>"]
+    assert "name one with `layerfs import" in out  # the hint (stderr, mixed in by the runner)
+    out = invoke("import", f"{colon}:v2", "app:2")
+    assert out.split()[1] == "app:2"
+    out = invoke("import", f"{colon}:v1", "app")
+    assert out.split()[1] == "app:latest"
+    assert "no image named 'v3'" in invoke("import", f"{colon}:v3", "app", ok=False)
+    assert "a name needs one" in invoke("import", str(colon), "app", ok=False)
+    assert "no such file" in invoke("import", str(tmp_path / "missing:v1"), ok=False)
+    rows = json.loads(invoke("images", "--format", "json"))  # tags replaced the untagged
+    assert sorted((r["repository"], r["tag"]) for r in rows) == [("app", "2"), ("app", "latest")]

@@ -119,7 +119,7 @@ def test_umoci_image_imported_and_stacked(tmp_path: Path) -> None:
     assert "/home/user" not in expected and "/etc/gone" not in expected
 
     store = Store.open(tmp_path / "store")
-    (image,) = store.import_path(layout)
+    (image,) = store.import_path(layout, "img")
     assert image.names == ("img:latest",)
     assert len(image.layers) == 3
     with Stack(store.layer_dirs(image)) as stack:

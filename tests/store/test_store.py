@@ -222,10 +222,34 @@ def test_import_with_ref_and_untagged(store: Store, tmp_path: Path) -> None:
         store.import_path(tmp_path / "two", "x")
 
 
-def test_umoci_style_bare_tag_becomes_name(store: Store, tmp_path: Path) -> None:
-    write_oci_layout(tmp_path / "src", [Image("demo", [BASE])])
-    (image,) = store.import_path(tmp_path / "src")
-    assert image.names == ("demo:latest",)
+def test_bare_layout_tag_is_never_a_name(store: Store, tmp_path: Path) -> None:
+    """umoci and skopeo write `oci:DIR:v1` as ref.name `v1`: a tag, not a repository."""
+    write_oci_layout(tmp_path / "src", [Image("v1", [BASE]), Image("latest", [BASE, TOP])])
+    assert [image.names for image in store.import_path(tmp_path / "src", ref_name="v1")] == [()]
+    assert [image.names for image in store.import_path(tmp_path / "src")] == [(), ()]
+    (image,) = store.import_path(tmp_path / "src", "app", ref_name="v1")
+    assert image.names == ("app:latest",)
+    (image,) = store.import_path(tmp_path / "src", "app:2", ref_name="latest")
+    assert image.names == ("app:2",) and len(image.layers) == 2
+    with pytest.raises(NotFoundError, match="'v1', 'latest'"):
+        store.import_path(tmp_path / "src", ref_name="v2")
+    assert sorted(n for i in store.images() for n in i.names) == ["app:2", "app:latest"]
+
+
+def test_full_names_in_a_layout_are_kept(store: Store, tmp_path: Path) -> None:
+    """skopeo `oci:DIR:alpine:3.19` and layerfs exports write NAME:TAG; containerd its own."""
+    images = [Image("alpine:3.19", [BASE]), Image("localhost:5000/team/app:1", [BASE, TOP])]
+    write_oci_layout(tmp_path / "src", images)
+    index = json.loads((tmp_path / "src/index.json").read_text())
+    index["manifests"][1]["annotations"] = {
+        "io.containerd.image.name": "registry.example/app:2",
+        "org.opencontainers.image.ref.name": "",
+    }
+    (tmp_path / "src/index.json").write_text(json.dumps(index))
+    names = [image.names for image in store.import_path(tmp_path / "src")]
+    assert names == [("alpine:3.19",), ("registry.example/app:2",)]
+    (image,) = store.import_path(tmp_path / "src", "mine", ref_name="registry.example/app:2")
+    assert "mine:latest" in image.names and len(image.layers) == 2
 
 
 def test_import_rejects_corrupt_blob(store: Store, tmp_path: Path) -> None:
