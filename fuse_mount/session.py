@@ -71,7 +71,7 @@ class Session:
     def __init__(self, stack: Stack, mountpoint: Path, options: MountOptions) -> None:
         self.mountpoint = mountpoint
         self.options = options
-        self.requests = Requests(stack, options.timeouts)
+        self.requests = Requests(stack, options.timeouts, options.idmap)
         self.handlers = Handlers(self.requests)
         self.mounted: kernel_mount.KernelMount | None = None
         self.fd = -1
