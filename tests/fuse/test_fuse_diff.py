@@ -20,6 +20,7 @@ from fuse_mount import mountinfo
 from tests.differential import ops as O
 from tests.differential import trees as T
 from tests.differential.allowlist import accepted, mask_dir_nlink, reconcile_link_copy_up
+from tests.differential.configs import BASELINE
 from tests.differential.conftest import KernelOverlay
 from tests.differential.conftest import kernel_overlay as kernel_overlay  # the fixture
 from tests.fuse.conftest import force_unmount, run_cli
@@ -54,7 +55,7 @@ def _kernel_run(
 ) -> tuple[list[O.Outcome], T.Snapshot, T.Snapshot]:
     lowers = L.build_layers(base, layers, prefix="klower")
     upper, work, mnt = base / "kupper", base / "kwork", base / "kmnt"
-    with overlay.mounted(lowers, upper, work, mnt, overlay.compare_options):
+    with overlay.mounted(lowers, upper, work, mnt, BASELINE.kernel):
         outcomes = O.run_ops(mnt, sequence)
         merged = T.snapshot_dir(mnt, since)
     return outcomes, merged, T.snapshot_dir(upper, since, merged=False)
@@ -62,7 +63,10 @@ def _kernel_run(
 
 @pytest.mark.timeout(900)
 @oracle_settings(default=10, ci=100, deep=1000)
-@given(layers=L.layer_stacks(L.KERNEL_STYLES), sequence=O.generate())
+@given(
+    layers=L.layer_stacks(L.KERNEL_STYLES, hard_links=BASELINE.hard_links),
+    sequence=O.generate(),
+)
 def test_fuse_mount_matches_kernel_overlayfs(
     kernel_overlay: KernelOverlay, tmp_path: Path, layers: list[L.Layer], sequence: list[O.Op]
 ) -> None:
