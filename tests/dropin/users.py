@@ -106,7 +106,7 @@ class User:
 @contextlib.contextmanager
 def unprivileged_user() -> Iterator[User]:
     """Everything above, undone in ``finally`` blocks even when a step fails."""
-    base = Path(tempfile.mkdtemp(prefix="layerfs-user-"))
+    base = Path(tempfile.mkdtemp(prefix="lfs-user-"))  # short: see test_podman.py
     base.chmod(0o755)
     name = f"lfs{secrets.token_hex(4)}"
     mounts: list[Path] = []
