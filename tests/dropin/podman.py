@@ -154,12 +154,21 @@ class Podman:
 
 def fuse_mounts_below(mountinfo: str, path: Path) -> list[str]:
     """layerfs mount points at or below *path* in the text of a ``mountinfo`` file."""
+    return [t for t, fstype in _mounts(mountinfo, path) if fstype == "fuse.layerfs"]
+
+
+def mounts_below(path: Path) -> list[str]:
+    """Every mount point at or below *path* in this process's mount table."""
+    return [t for t, _ in _mounts(Path("/proc/self/mountinfo").read_text(), path)]
+
+
+def _mounts(mountinfo: str, path: Path) -> list[tuple[str, str]]:
     found = []
     for line in mountinfo.splitlines():
         fields = line.split(" ")
         target, fstype = fields[4], fields[fields.index("-") + 1]
-        if fstype == "fuse.layerfs" and (target == str(path) or target.startswith(f"{path}/")):
-            found.append(target)
+        if target == str(path) or target.startswith(f"{path}/"):
+            found.append((target, fstype))
     return found
 
 

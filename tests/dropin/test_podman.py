@@ -25,7 +25,7 @@ from tests.dropin.podman import (
     RUN_FLAGS,
     Podman,
     daemons_serving,
-    fuse_mounts_below,
+    mounts_below,
     scenario,
     write_image,
 )
@@ -57,8 +57,8 @@ def _swept(podman: Podman) -> Iterator[None]:
         for pid in daemons_serving(podman.graphroot):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        table = Path("/proc/self/mountinfo").read_text()
-        for target in sorted(fuse_mounts_below(table, podman.base), key=len, reverse=True):
+        # containers-storage also bind-mounts its overlay directory onto itself
+        for target in sorted(mounts_below(podman.base), key=len, reverse=True):
             subprocess.run(["umount", "-l", target], check=False)
 
 
