@@ -63,8 +63,8 @@ def _swept(podman: Podman) -> Iterator[None]:
 
 
 def test_podman_rootful(tmp_path: Path) -> None:
-    # A short path: with storage paths from about 45 characters on, podman 4.3 waits 20 s
-    # for every container to exit (measured here; the same with fuse-overlayfs).
+    # A short path: with storage paths of about 50 characters, podman 4.3 waits 20 s for
+    # every container to exit (measured here; the same with fuse-overlayfs).
     base = Path(tempfile.mkdtemp(prefix="lfs-pm-"))
     podman = Podman(base, LAYERFS, _as_root)
     try:
