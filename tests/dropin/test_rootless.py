@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from layerfs import whiteout
-from tests.dropin.mounts import mounted
+from tests.dropin.mounts import mounted, read_pid, wait_gone
 from tests.dropin.users import User
 from tests.fuse.conftest import write_tree
 
@@ -54,12 +54,14 @@ def test_unprivileged_user_mounts_through_fusermount3(unprivileged: User) -> Non
         assert "allow_other" not in entry.super_options  # fusermount3 would refuse it
         pidfiles = list((unprivileged.runtime_dir / f"layerfs-{unprivileged.uid}").iterdir())
         assert len(pidfiles) == 1
+        owner = read_pid(pidfiles[0])
         script = "rm gone && rm -r dir && mkdir dir && echo new > dir/new && echo more >> kept"
         unprivileged.run(["sh", "-ec", script], cwd=mnt)
     finally:
         unprivileged.run(["fusermount3", "-u", mnt], check=False)
     assert mounted(mnt) is None
-    assert list(pidfiles[0].parent.iterdir()) == []  # the daemon went, and its pid file
+    assert wait_gone(*owner)
+    assert list(pidfiles[0].parent.iterdir()) == []  # the daemon took its pid file along
     style = _probed_style(unprivileged, work)
     if style == "chardev":
         assert (upper / "gone").is_char_device() and (upper / "gone").stat().st_rdev == 0

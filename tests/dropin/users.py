@@ -34,6 +34,7 @@ from fuse_mount import mountinfo
 CHECKOUT = Path(__file__).resolve().parents[2]
 FUSE_DEVICE = Path("/dev/fuse")
 SUB_IDS = 65536  # per user, as useradd gives by default
+SUB_ID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
 RUN_TIMEOUT = 600  # seconds for one command run as the user
 USERNS = ("unshare", "--map-root-user", "--map-auto", "--mount")
 
@@ -125,25 +126,33 @@ def unprivileged_user() -> Iterator[User]:
 
 @contextlib.contextmanager
 def _user(name: str, home: Path) -> Iterator[tuple[int, int]]:
-    subprocess.run(
-        ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", "-U", name],
-        check=True,
-        capture_output=True,
-    )
+    created = [p for p in SUB_ID_FILES if not p.exists()]
+    for path in created:  # usermod adds ranges only to existing files
+        path.touch(mode=0o644)
     try:
-        entry = pwd.getpwnam(name)
-        _ensure_sub_ids(name)
-        yield entry.pw_uid, entry.pw_gid
+        subprocess.run(
+            ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", "-U", name],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            entry = pwd.getpwnam(name)
+            _ensure_sub_ids(name)
+            yield entry.pw_uid, entry.pw_gid
+        finally:
+            kill_processes_of(pwd.getpwnam(name).pw_uid)
+            # userdel also takes the user's lines out of /etc/subuid and /etc/subgid
+            subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
     finally:
-        kill_processes_of(pwd.getpwnam(name).pw_uid)
-        subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
+        for path in created:
+            if path.exists() and path.stat().st_size == 0:
+                path.unlink()
 
 
 def _ensure_sub_ids(name: str) -> None:
     """useradd adds subordinate ids when the files exist; add them by hand where it did not."""
     for kind, flag in (("subuid", "--add-subuids"), ("subgid", "--add-subgids")):
-        path = Path("/etc") / kind
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = (Path("/etc") / kind).read_text().splitlines()
         if any(line.split(":")[0] == name for line in lines):
             continue
         ends = [int(f[1]) + int(f[2]) for f in (line.split(":") for line in lines) if len(f) == 3]
