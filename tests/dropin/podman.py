@@ -74,6 +74,8 @@ EXPECTED_VIEW = [
     "data/mv-dst",
     "data/new",
     "etc",
+    "etc/conf.d",
+    "etc/conf.d/shown",
     "etc/hostname",  # podman's, as with any mount program
     "etc/hosts",
     "etc/motd",
@@ -90,7 +92,8 @@ EXPECTED_VIEW = [
 
 
 def write_image(dest: Path) -> Path:
-    """A two-layer busybox image as a ``docker save`` archive; the top layer whites out a file."""
+    """A two-layer busybox image as a ``docker save`` archive; the top layer whites out a file
+    and makes a directory opaque (containers-storage unpacks both as ``.wh.`` files)."""
     base = [
         E("bin", "dir"),
         E("bin/busybox", data=BUSYBOX.read_bytes(), mode=0o755),
@@ -98,6 +101,8 @@ def write_image(dest: Path) -> Path:
         E("etc", "dir"),
         E("etc/motd", data=b"hello\n"),
         E("etc/layer2", data=b"deleted by the top layer\n"),
+        E("etc/conf.d", "dir"),
+        E("etc/conf.d/hidden", data=b"hidden by the opaque top layer\n"),
         E("data", "dir"),
         E("data/keep", data=b"keep\n"),
         E("data/old", data=b"old\n"),
@@ -108,7 +113,15 @@ def write_image(dest: Path) -> Path:
         E("rdir/x", data=b"x\n"),
         E("tmp", "dir", mode=0o1777),
     ]
-    top = [E("rdir", "dir"), E("rdir/y", data=b"y\n"), E("etc", "dir"), E("etc/layer2", "whiteout")]
+    top = [
+        E("rdir", "dir"),
+        E("rdir/y", data=b"y\n"),
+        E("etc", "dir"),
+        E("etc/layer2", "whiteout"),
+        E("etc/conf.d", "dir"),
+        E("etc/conf.d", "opaque"),
+        E("etc/conf.d/shown", data=b"shown\n"),
+    ]
     write_docker_archive(dest, [Image(IMAGE, [base, top], env=["PATH=/bin"])])
     return dest
 
