@@ -44,6 +44,7 @@ from fuse_mount.native import (
     open_may_block,
 )
 from fuse_mount.requests import Requests, describe, errno_of
+from layerfs import privilege
 
 if TYPE_CHECKING:
     from fuse_mount.options import MountOptions
@@ -166,7 +167,9 @@ class Session:
             | wire.NO_EXPORT_SUPPORT
             | wire.INIT_EXT
         )
-        if self.options.passthrough and self.mounted is not None and self.mounted.privileged:
+        # backing files need CAP_SYS_ADMIN on the host, which uid 0 of a user namespace lacks
+        mounted_as_root = self.mounted is not None and self.mounted.privileged
+        if self.options.passthrough and mounted_as_root and privilege.is_privileged():
             want |= wire.PASSTHROUGH
         flags = want & offered
         self.handlers.setxattr_ext = bool(flags & wire.SETXATTR_EXT)

@@ -45,6 +45,14 @@ def run(layerfs: str, base: Path) -> dict[str, Any]:
     subprocess.run(["umount", str(mnt)], check=True)
     report["daemon_gone"] = wait_gone(*owner)
     report["pidfile_left"] = pidfile.exists()
+    # once more with a log: nothing that needs host privilege is tried (passthrough)
+    log = base / "mount.log"
+    subprocess.run([layerfs, "mount", "-o", options, "--log", str(log), str(mnt)], check=True)
+    owner = read_pid(pidfile)
+    report["kept"] = (mnt / "kept").read_text()
+    subprocess.run(["umount", str(mnt)], check=True)
+    wait_gone(*owner)
+    report["log_warnings"] = [line for line in log.read_text().splitlines() if " WARNING " in line]
     report["upper"] = {
         path.name: {
             "xattrs": os.listxattr(path, follow_symlinks=False),
