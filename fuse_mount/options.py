@@ -2,9 +2,11 @@
 
 A layerfs mount accepts the option syntax of ``mount -t overlay`` (``lowerdir=A:B,upperdir=U,
 workdir=W``) mixed with FUSE options (``allow_other``, ``fsname=``) and the generic options
-mount(8) and /etc/fstab pass along (``rw``, ``noatime``, ``nofail``...). The stack options are
-handed to the core unparsed; this module only decides who owns each option, so no option is
-silently dropped unless it is on the ignore list below.
+mount(8) and /etc/fstab pass along (``rw``, ``noatime``, ``nofail``...), and the options
+containers-storage passes to fuse-overlayfs (id mappings for :mod:`fuse_mount.idmap`, an
+SELinux ``context=``, ``fsync=``...). The stack options are handed to the core unparsed; this
+module only decides who owns each option, so no option is silently dropped unless it is on
+one of the ignore lists below.
 """
 
 from __future__ import annotations
