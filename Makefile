@@ -7,13 +7,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages: FUSE and its headers (pyfuse3 builds against them), and the
-# reference tools the tests compare layerfs with or build test images with.
+# Debian packages: FUSE and its headers (pyfuse3 builds against them), the reference tools
+# the tests compare layerfs with or build test images with, and podman (with
+# newuidmap/newgidmap for rootless runs), which the tests drive with layerfs as its mount program.
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr zstd \
 	fuse-overlayfs umoci skopeo busybox-static runc docker-registry apache2-utils \
-	buildah containerd stargz-snapshotter strace
+	buildah containerd stargz-snapshotter strace podman uidmap
 
-.PHONY: demo test lint typecheck bench bench-lazy deps venv clean install-helper
+# Where `make install` puts the `layerfs` command.
+PREFIX ?= /usr/local
+
+.PHONY: demo test lint typecheck bench bench-lazy deps venv clean install uninstall install-helper
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -34,8 +38,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Lets mount(8) and /etc/fstab mount `-t fuse.layerfs` (mount runs /sbin/mount.fuse.layerfs).
-install-helper: $(STAMP)
+# Puts `layerfs` on the PATH of every user, root's, sudo's and systemd's (PREFIX/bin, a link
+# to this checkout's virtualenv): mount.fuse3 finds it there for `mount -t fuse.layerfs` and
+# fstab lines, and podman can name it as its mount_program.
+install: | $(STAMP)
+	$(SUDO) mkdir -p "$(PREFIX)/bin"
+	$(SUDO) ln -sfn "$(CURDIR)/$(VENV)/bin/layerfs" "$(PREFIX)/bin/layerfs"
+
+uninstall:
+	$(SUDO) rm -f "$(PREFIX)/bin/layerfs"
+
+# The other route of mount(8): its own helper, which it finds without PATH, in /sbin.
+install-helper: | $(STAMP)
 	$(SUDO) ln -sf "$(CURDIR)/$(VENV)/bin/mount.fuse.layerfs" /sbin/mount.fuse.layerfs
 
 demo: $(STAMP)

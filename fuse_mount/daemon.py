@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fuse_mount import mountinfo
+from layerfs import privilege
 from layerfs.errors import ConfigError, LayerfsError
 
 if TYPE_CHECKING:
@@ -196,11 +197,31 @@ def _configure_logging(debug: bool, *, to_stderr: bool, path: Path | None = None
 
 
 def runtime_dir() -> Path:
-    """Where pid files live: ``/run/layerfs`` for root, the user's runtime dir otherwise."""
-    if os.geteuid() == 0:
+    """Where pid files live: ``/run/layerfs`` for root of the host; for anyone else (an
+    unprivileged user, or uid 0 of a user namespace such as rootless podman's) a directory of
+    their own, ``layerfs-UID`` in ``$XDG_RUNTIME_DIR`` (else the temp dir), UID being the
+    user's uid as the parent namespace sees it, the same inside and outside podman."""
+    if privilege.is_host_root():
         return Path("/run/layerfs")
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"layerfs-{os.geteuid()}"
+    return Path(base) / f"layerfs-{privilege.outer_uid()}"
+
+
+def ensure_runtime_dir() -> Path:
+    """Create :func:`runtime_dir` (mode 0700) and check it is this user's own.
+
+    Raises :class:`ConfigError` when it is a symlink, not a directory, owned by someone
+    else or writable by others (someone may have planted it in a shared temp dir).
+    """
+    path = runtime_dir()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the runtime directory {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigError(f"runtime directory {path} is not this user's own directory")
+    return path
 
 
 def pidfile_path(mountpoint: Path) -> Path:
@@ -216,7 +237,7 @@ def write_pidfile(path: Path) -> None:
     pid = os.getpid()
     tmp = path.with_suffix(f".tmp{pid}")
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_runtime_dir()
         tmp.write_text(f"{pid} {process_start_time(pid)}\n")
         tmp.replace(path)
     except OSError as exc:

@@ -23,6 +23,7 @@ from pyfuse3 import FUSEError
 
 import layerfs
 from fuse_mount.attrs import Timeouts
+from fuse_mount.idmap import IdMap
 from fuse_mount.requests import Attr, Caller, Changes, Entry, Opened, Requests, describe, errno_of
 
 if TYPE_CHECKING:
@@ -87,9 +88,11 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, stack: Stack, *, timeouts: Timeouts, threads: int) -> None:
+    def __init__(
+        self, stack: Stack, *, timeouts: Timeouts, threads: int, idmap: IdMap | None = None
+    ) -> None:
         super().__init__()
-        self.requests = Requests(stack, timeouts)
+        self.requests = Requests(stack, timeouts, idmap)
         self.requests.invalidate = _invalidate_attributes
         self._limiter = trio.CapacityLimiter(threads)
 

@@ -2,9 +2,11 @@
 
 A layerfs mount accepts the option syntax of ``mount -t overlay`` (``lowerdir=A:B,upperdir=U,
 workdir=W``) mixed with FUSE options (``allow_other``, ``fsname=``) and the generic options
-mount(8) and /etc/fstab pass along (``rw``, ``noatime``, ``nofail``...). The stack options are
-handed to the core unparsed; this module only decides who owns each option, so no option is
-silently dropped unless it is on the ignore list below.
+mount(8) and /etc/fstab pass along (``rw``, ``noatime``, ``nofail``...), and the options
+containers-storage passes to fuse-overlayfs (id mappings for :mod:`fuse_mount.idmap`, an
+SELinux ``context=``, ``fsync=``...). The stack options are handed to the core unparsed; this
+module only decides who owns each option, so no option is silently dropped unless it is on
+one of the ignore lists below.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fuse_mount.attrs import Timeouts
+from fuse_mount.idmap import IdMap, build_idmap
 from layerfs.errors import ConfigError
 
 # Passed to libfuse as they are: FUSE options and the generic flags libfuse turns into
@@ -37,6 +40,9 @@ FUSE_FLAGS = frozenset(
     }
 )
 FUSE_VALUED = frozenset({"fsname", "subtype"})
+# Flags that undo each other: the one given last wins (except that ro always wins over rw).
+_PAIRS = (("dev", "nodev"), ("suid", "nosuid"), ("exec", "noexec"), ("atime", "noatime"))
+OPPOSITE = {**dict(_PAIRS), **{b: a for a, b in _PAIRS}, "sync": "async", "async": "sync"}
 
 # Accepted and ignored: userspace-only fstab options and atime variants libfuse lacks.
 IGNORED_FLAGS = frozenset(
@@ -69,12 +75,21 @@ IGNORED_FLAGS = frozenset(
     }
 )
 IGNORED_PREFIXES = ("x-", "X-", "comment=")
+# fuse-overlayfs options that change nothing here: an SELinux label (a FUSE mount takes none),
+# its inode-number, threading and writeback switches, and the only redirect_dir it allows.
+IGNORED_COMPAT_FLAGS = frozenset({"noacl", "redirect_dir=off", "fsync=1"})
+IGNORED_COMPAT_PREFIXES = ("context=", "xino=", "threaded=", "fast_ino=", "writeback=")
+# fuse-overlayfs options meaning a stack option: no fsync is the kernel's volatile.
+COMPAT_STACK_OPTIONS = {"fsync=0": "volatile"}
 
 # Options of the adapter itself (seconds; worker threads for data I/O; microseconds).
 ADAPTER_VALUED = frozenset(
     {"timeout", "lower_timeout", "threads", "busy_poll", "backend", "passthrough"}
 )
 BACKENDS = ("native", "pyfuse3")
+# Owners shown through the mount (see fuse_mount.idmap).
+IDMAP_VALUED = frozenset({"uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid"})
+IDMAP_FLAGS = frozenset({"squash_to_root"})
 
 DEFAULT_FSNAME = "layerfs"
 DEFAULT_THREADS = 8
@@ -94,6 +109,7 @@ class MountOptions:
     busy_poll_us: int = DEFAULT_BUSY_POLL_US
     backend: str = DEFAULT_BACKEND
     passthrough: bool = True  # native backend, as root: file I/O bypasses the daemon
+    idmap: IdMap | None = None
 
     @property
     def stack_option_string(self) -> str:
@@ -109,19 +125,23 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
     stack: list[str] = []
     fuse: set[str] = {"default_permissions"}
     adapter: dict[str, str] = {}
+    ids: dict[str, str] = {}
     valued = {"fsname": fsname or DEFAULT_FSNAME, "subtype": DEFAULT_FSNAME}
     for item in items:
         key, _, value = item.partition("=")
         if item in FUSE_FLAGS:
+            fuse.discard(OPPOSITE.get(item, ""))
             fuse.add(item)
         elif key in FUSE_VALUED:
             valued[key] = value
         elif key in ADAPTER_VALUED:
             adapter[key] = value
-        elif item in IGNORED_FLAGS or item.startswith(IGNORED_PREFIXES):
+        elif key in IDMAP_VALUED:
+            ids[key] = value
+        elif _ignored(item):
             continue
-        else:
-            stack.append(item)
+        elif item not in IDMAP_FLAGS:
+            stack.append(COMPAT_STACK_OPTIONS.get(item, item))
     if "ro" in fuse:
         fuse.discard("rw")
     fuse.update(f"{key}={_fuse_value(key, value)}" for key, value in valued.items())
@@ -134,6 +154,16 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
         busy_poll_us=_whole_number(adapter, "busy_poll", DEFAULT_BUSY_POLL_US),
         backend=_choice(adapter, "backend", BACKENDS, DEFAULT_BACKEND),
         passthrough=_choice(adapter, "passthrough", ("on", "off"), "on") == "on",
+        idmap=build_idmap(ids, squash_to_root="squash_to_root" in items),
+    )
+
+
+def _ignored(item: str) -> bool:
+    return (
+        item in IGNORED_FLAGS
+        or item in IGNORED_COMPAT_FLAGS
+        or item.startswith(IGNORED_PREFIXES)
+        or item.startswith(IGNORED_COMPAT_PREFIXES)
     )
 
 

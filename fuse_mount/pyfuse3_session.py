@@ -45,7 +45,9 @@ def serve(
     *on_ready* runs once the kernel mount exists and the request loop is about to start.
     Raises :class:`MountFailedError` if the mount itself fails.
     """
-    operations = Operations(stack, timeouts=options.timeouts, threads=options.threads)
+    operations = Operations(
+        stack, timeouts=options.timeouts, threads=options.threads, idmap=options.idmap
+    )
     _init_session(operations, mountpoint, options)
     log.info("mounted %s on %s", options.stack_option_string, mountpoint)
     try:

@@ -4,8 +4,9 @@ Both session backends (pyfuse3 in :mod:`fuse_mount.operations`, the native proto
 :mod:`fuse_mount.native`) decode a request, call one method here and encode the answer. This
 layer owns what only FUSE has and both backends share: kernel inode numbers with lookup counts
 and forget (:mod:`fuse_mount.inodes`), handle tables (:mod:`fuse_mount.handles`), cache
-timeouts (:mod:`fuse_mount.attrs`), the caller's credentials (:class:`Caller`) and the one
-errno translation (:func:`errno_of`). Every decision about layers, whiteouts and copy-up is
+timeouts (:mod:`fuse_mount.attrs`), the caller's credentials (:class:`Caller`), owners shown
+through an id mapping (:mod:`fuse_mount.idmap`) and the one errno translation
+(:func:`errno_of`). Every decision about layers, whiteouts and copy-up is
 the stack's.
 
 Methods are synchronous and raise ``OSError`` / ``LayerfsError``; a backend turns those into
@@ -16,6 +17,7 @@ the kernel uses; the stack sees them decoded with ``surrogateescape``.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import layerfs
 from fuse_mount.attrs import Timeouts
 from fuse_mount.handles import HandleTable, OpenDir, OpenFile
+from fuse_mount.idmap import IdMap
 from fuse_mount.inodes import InodeTable
 from layerfs.errors import LayerfsError
 
@@ -131,9 +134,10 @@ def decode(name: bytes) -> str:
 class Requests:
     """A :class:`layerfs.Stack` as the FUSE protocol sees it (see the module docstring)."""
 
-    def __init__(self, stack: Stack, timeouts: Timeouts) -> None:
+    def __init__(self, stack: Stack, timeouts: Timeouts, idmap: IdMap | None = None) -> None:
         self.stack = stack
         self.timeouts = timeouts
+        self.idmap = idmap
         self.inodes = InodeTable(stack.root)
         self.files: HandleTable[OpenFile] = HandleTable()
         self.dirs: HandleTable[OpenDir] = HandleTable()
@@ -147,7 +151,18 @@ class Requests:
         """Hand *node* to the kernel: counts one lookup."""
         nodeid = self.inodes.remember(node)
         timeout = self._timeout(node)
-        return Entry(st, timeout, timeout, nodeid)
+        return Entry(self._shown(st), timeout, timeout, nodeid)
+
+    # -- owners: the one hook of fuse_mount.idmap ----------------------------------------------
+    def _shown(self, st: Stat) -> Stat:
+        """*st* with the owner the kernel is shown (through the id mapping, if any)."""
+        return st if self.idmap is None else self.idmap.show(st)
+
+    def _owner(self, caller: Caller) -> dict[str, int]:
+        """The ownership keywords for an object *caller* creates, as stored."""
+        if self.idmap is None:
+            return caller.owner()
+        return {"uid": self.idmap.stored_uid(caller.uid), "gid": self.idmap.stored_gid(caller.gid)}
 
     def _drop(self, node: Node | None) -> None:
         """The kernel no longer refers to *node*: let the stack free it (bounded memory)."""
@@ -202,20 +217,27 @@ class Requests:
             if item is None:
                 raise
             st = item.handle.stat()
-        return Attr(st, self._timeout(node))
+        return Attr(self._shown(st), self._timeout(node))
 
     def setattr(self, ino: int, changes: Changes, fh: int | None) -> Attr:
         """ftruncate through the open handle when there is one (its name may be gone)."""
         node = self.inodes.node(ino)
         handle = self.files.get(fh).handle if fh else None
         fields = changes.keywords()
+        if self.idmap is None:
+            st = self._setattr(node, handle, fields)
+        else:
+            apply = functools.partial(self._setattr, node, handle)
+            st = self.idmap.apply_changes(apply, self.idmap.stored_changes(fields))
+        self._changed(node)
+        return Attr(self._shown(st), self._timeout(node))
+
+    def _setattr(self, node: Node, handle: FileHandle | None, fields: dict[str, int]) -> Stat:
+        fields = dict(fields)
         if handle is not None and "size" in fields:
             handle.truncate(fields.pop("size"))
-            st = self.stack.setattr(node, **fields) if fields else handle.stat()
-        else:
-            st = self.stack.setattr(node, **fields)
-        self._changed(node)
-        return Attr(st, self._timeout(node))
+            return self.stack.setattr(node, **fields) if fields else handle.stat()
+        return self.stack.setattr(node, **fields)
 
     def readlink(self, ino: int) -> bytes:
         return os.fsencode(self.stack.readlink_node(self.inodes.node(ino)))
@@ -226,17 +248,18 @@ class Requests:
 
     def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Entry:
         parent = self.inodes.node(parent_ino)
-        node = self.stack.mknod_at(parent, decode(name), mode, rdev, **caller.owner())
+        node = self.stack.mknod_at(parent, decode(name), mode, rdev, **self._owner(caller))
         return self._created(parent, node)
 
     def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Entry:
         parent = self.inodes.node(parent_ino)
-        node = self.stack.mkdir_at(parent, decode(name), mode, **caller.owner())
+        node = self.stack.mkdir_at(parent, decode(name), mode, **self._owner(caller))
         return self._created(parent, node)
 
     def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Entry:
         parent = self.inodes.node(parent_ino)
-        node = self.stack.symlink_at(parent, decode(name), decode(target), **caller.owner())
+        target_name = decode(target)
+        node = self.stack.symlink_at(parent, decode(name), target_name, **self._owner(caller))
         return self._created(parent, node)
 
     def link(self, ino: int, parent_ino: int, name: bytes) -> Entry:
@@ -286,7 +309,7 @@ class Requests:
     ) -> tuple[Opened, Entry]:
         parent = self.inodes.node(parent_ino)
         node, handle = self.stack.create(
-            parent, decode(name), flags & ~KERNEL_FLAGS, mode, **caller.owner()
+            parent, decode(name), flags & ~KERNEL_FLAGS, mode, **self._owner(caller)
         )
         self._changed(parent)
         entry = self._entry(node, handle.stat())
@@ -354,7 +377,7 @@ class Requests:
             except FileNotFoundError:
                 continue  # removed since opendir: may be left out, never repeated
             timeout = self._timeout(node)
-            entry = Entry(st, timeout, timeout, self.inodes.nodeid(node))
+            entry = Entry(self._shown(st), timeout, timeout, self.inodes.nodeid(node))
             if not emit(os.fsencode(name), entry, index + 1):
                 return
             if plus:
@@ -390,7 +413,7 @@ class Requests:
     def access(self, ino: int, mode: int, caller: Caller, groups: set[int]) -> bool:
         """Only asked without default_permissions, which every mount sets; answered from the
         mode bits anyway so the answer is never wrong."""
-        st = self.stack.getattr(self.inodes.node(ino))
+        st = self._shown(self.stack.getattr(self.inodes.node(ino)))
         return may_access(st, mode, caller.uid, {caller.gid} | groups)
 
 

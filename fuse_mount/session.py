@@ -44,6 +44,7 @@ from fuse_mount.native import (
     open_may_block,
 )
 from fuse_mount.requests import Requests, describe, errno_of
+from layerfs import privilege
 
 if TYPE_CHECKING:
     from fuse_mount.options import MountOptions
@@ -71,7 +72,7 @@ class Session:
     def __init__(self, stack: Stack, mountpoint: Path, options: MountOptions) -> None:
         self.mountpoint = mountpoint
         self.options = options
-        self.requests = Requests(stack, options.timeouts)
+        self.requests = Requests(stack, options.timeouts, options.idmap)
         self.handlers = Handlers(self.requests)
         self.mounted: kernel_mount.KernelMount | None = None
         self.fd = -1
@@ -166,7 +167,9 @@ class Session:
             | wire.NO_EXPORT_SUPPORT
             | wire.INIT_EXT
         )
-        if self.options.passthrough and self.mounted is not None and self.mounted.privileged:
+        # backing files need CAP_SYS_ADMIN on the host, which uid 0 of a user namespace lacks
+        mounted_as_root = self.mounted is not None and self.mounted.privileged
+        if self.options.passthrough and mounted_as_root and privilege.is_privileged():
             want |= wire.PASSTHROUGH
         flags = want & offered
         self.handlers.setxattr_ext = bool(flags & wire.SETXATTR_EXT)

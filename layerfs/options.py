@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerfs.errors import ConfigError
+from layerfs.privilege import whiteout_style_for
 from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
 
 
@@ -61,17 +62,29 @@ class StackSpec:
             raise ConfigError("upper and work directories must not contain each other")
 
 
-def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
+WHITEOUT_STYLES = {style.value: style for style in WhiteoutStyle}
+
+
+def parse_mount_options(text: str, *, privileged: bool = True) -> tuple[StackSpec, list[str]]:
     """Split overlay options into a :class:`StackSpec` and the remaining (FUSE) options.
 
     Understands ``lowerdir`` (``:``-separated, top-most first, ``\\:`` escapes a colon),
-    ``upperdir``, ``workdir``, ``userxattr`` (unprivileged format) and ``metacopy=on|off``,
-    ``volatile``; everything else is returned untouched, in order.
+    ``upperdir``, ``workdir``, ``userxattr``, ``whiteout=chardev|wh-file``,
+    ``metacopy=on|off`` and ``volatile``; everything else is returned untouched, in order.
+
+    The upper format is the kernel's privileged form (``trusted.overlay.*`` xattrs, 0/0
+    character-device whiteouts) unless the options or *privileged* say otherwise.
+    ``userxattr``, or ``privileged=False``, selects ``user.overlay.*`` xattrs (the kernel
+    refuses ``metacopy=on`` with ``userxattr``: an upper meant for it is written without).
+    With ``privileged=False`` whiteouts are character devices where a probe in the work
+    directory can make them and ``.wh.`` files elsewhere; ``whiteout=`` overrides either
+    choice. Raises :class:`ConfigError` for a bad ``whiteout=`` or ``metacopy=`` value.
     """
     lowers: list[Path] = []
     upper = work = None
-    upper_format = UpperFormat()
+    user_xattrs = not privileged
     metacopy = False
+    whiteouts: WhiteoutStyle | None = None
     volatile = False
     rest: list[str] = []
     for item in split_option_list(text):
@@ -83,13 +96,22 @@ def parse_mount_options(text: str) -> tuple[StackSpec, list[str]]:
         elif key == "workdir":
             work = Path(_unescape(value))
         elif key == "userxattr":
-            upper_format = UpperFormat(XattrNamespace.USER, WhiteoutStyle.CHARDEV)
+            user_xattrs = True
+        elif key == "whiteout":
+            whiteouts = _whiteout_style(value)
         elif key == "metacopy":
             metacopy = _on_off(key, value)
         elif key == "volatile":
             volatile = True
         elif item:
             rest.append(item)
+    if whiteouts is None:
+        whiteouts = WhiteoutStyle.CHARDEV
+        if not privileged and work is not None:
+            whiteouts = whiteout_style_for(work)
+    upper_format = UpperFormat(
+        XattrNamespace.USER if user_xattrs else XattrNamespace.TRUSTED, whiteouts
+    )
     options = StackOptions(upper_format=upper_format, metacopy=metacopy, volatile=volatile)
     return StackSpec(tuple(lowers), upper, work, options), rest
 
@@ -100,15 +122,24 @@ def _on_off(key: str, value: str) -> bool:
     return value == "on"
 
 
-def split_escaped(text: str, sep: str, *, keep_escapes: bool) -> list[str]:
+def _whiteout_style(value: str) -> WhiteoutStyle:
+    try:
+        return WHITEOUT_STYLES[value]
+    except KeyError:
+        choices = "|".join(WHITEOUT_STYLES)
+        raise ConfigError(f"mount option whiteout= takes {choices}, not {value!r}") from None
+
+
+def split_escaped(text: str, sep: str, *, keep_escapes: bool, quotes: bool = False) -> list[str]:
     """Split *text* at unescaped *sep*; empty items are dropped.
 
     A backslash escapes the next character (overlayfs accepts ``\\,`` and ``\\:`` in layer
-    paths). ``keep_escapes`` leaves the backslashes in, for a consumer that splits again.
+    paths). ``keep_escapes`` leaves the backslashes in, for a consumer that splits again. With
+    *quotes*, *sep* inside double quotes does not split either (the quotes are kept).
     """
     items: list[str] = []
     current: list[str] = []
-    escaped = False
+    escaped = quoted = False
     for char in text:
         if escaped:
             current.append(char)
@@ -117,10 +148,11 @@ def split_escaped(text: str, sep: str, *, keep_escapes: bool) -> list[str]:
             if keep_escapes:
                 current.append(char)
             escaped = True
-        elif char == sep:
+        elif char == sep and not quoted:
             items.append("".join(current))
             current = []
         else:
+            quoted ^= quotes and char == '"'
             current.append(char)
     items.append("".join(current))
     return [item for item in items if item]
@@ -130,9 +162,11 @@ def split_option_list(text: str) -> list[str]:
     """Split ``a,b=c\\,d`` at unescaped commas; escapes are kept for the consumer to read.
 
     Backslash-escaped commas belong to a value (overlayfs accepts ``\\,`` and ``\\:`` in
-    layer paths), so they must survive until the stack parses its own options.
+    layer paths), so they must survive until the stack parses its own options. A comma inside
+    double quotes does not split either, as mount(8) reads options: containers-storage passes
+    SELinux labels as ``context="system_u:object_r:container_file_t:s0:c1,c2"``.
     """
-    return split_escaped(text, ",", keep_escapes=True)
+    return split_escaped(text, ",", keep_escapes=True, quotes=True)
 
 
 def split_lowerdir(value: str) -> list[str]:

@@ -3,6 +3,10 @@
 Each module listed in :data:`COMMAND_MODULES` exposes ``COMMANDS``, a list of click commands.
 Errors a user can cause (a missing lower, a bad reference) are printed as one line and exit 1;
 a traceback is shown only with ``--debug``.
+
+A command line in the calling convention of FUSE filesystem programs (``layerfs -o OPTS MNT``,
+``layerfs SOURCE MNT -o OPTS``, as containers-storage and mount.fuse3 call fuse-overlayfs) is
+handed to :mod:`layerfs.cli.dropin` instead; a subcommand name always wins.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import click
 
 from layerfs import __version__
+from layerfs.cli import dropin
 from layerfs.errors import LayerfsError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -36,15 +41,8 @@ class _Group(click.Group):
         except (LayerfsError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"layerfs: {_describe(exc)}", err=True)
+            click.echo(f"layerfs: {dropin.describe(exc)}", err=True)
             sys.exit(1)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return str(exc) or type(exc).__name__
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +65,10 @@ for _module_name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a subcommand, or a FUSE-convention mount call."""
+    argv = sys.argv[1:]
+    if dropin.is_dropin_call(argv, cli.commands):
+        sys.exit(dropin.run(argv))
     cli(prog_name="layerfs")
 
 

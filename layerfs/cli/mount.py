@@ -92,19 +92,26 @@ def mount_stack(
     debug: bool = False,
     log_file: Path | None = None,
 ) -> None:
-    """Validate, assemble the stack and mount it; shared by ``layerfs mount`` and mount(8).
+    """Validate, assemble the stack and mount it; shared by ``layerfs mount``, the FUSE program
+    convention (``layerfs -o OPTS MNT``) and mount(8).
 
-    Raises :class:`~layerfs.errors.LayerfsError` (one line for the user) on any failure.
+    A process without real privilege (see :mod:`layerfs.privilege`: an ordinary user, or uid 0
+    in a user namespace) writes the upper in the forms it can write. Raises
+    :class:`~layerfs.errors.LayerfsError` (one line for the user) on any failure.
     """
     import layerfs
     from fuse_mount import daemon
     from fuse_mount.options import parse_mount_options
+    from layerfs.privilege import is_privileged
 
     parsed = parse_mount_options(items, fsname=fsname)
-    spec, unknown = layerfs.parse_mount_options(parsed.stack_option_string)
+    spec, unknown = layerfs.parse_mount_options(
+        parsed.stack_option_string, privileged=is_privileged()
+    )
     if unknown:
         raise ConfigError(f"unknown mount option: {','.join(unknown)}")
     daemon.check_fuse_device()
+    daemon.ensure_runtime_dir()
     resolved = daemon.check_mountpoint(mountpoint)
     stack = layerfs.Stack.from_spec(spec)
     if stack.readonly and not parsed.readonly:

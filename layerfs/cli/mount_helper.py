@@ -2,8 +2,9 @@
 
 util-linux calls ``/sbin/mount.fuse.layerfs SOURCE MOUNTPOINT [-s] [-n] [-v] [-f] [-o OPTS]``
 (options gathered from the command line or the fstab line, ``defaults`` and ``noauto``
-already removed). SOURCE becomes the mount's ``fsname``; everything else takes the same path
-as ``layerfs mount``.
+already removed). SOURCE becomes the mount's ``fsname``; the mount is the one ``layerfs SOURCE
+MOUNTPOINT -o OPTS`` makes (:mod:`layerfs.cli.dropin`, with its fuse-overlayfs defaults), so
+both routes of mount(8), this helper and mount.fuse3, give the same result.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from layerfs.cli.dropin import UsageError, default_items, describe
 from layerfs.errors import LayerfsError
 
 PROG = "mount.fuse.layerfs"
 USAGE = f"usage: {PROG} SOURCE MOUNTPOINT [-fnsv] [-o OPTIONS]"
 # mount(8) may pass these; none changes what layerfs does.
 IGNORED_FLAGS = frozenset("nsv")
-
-
-class UsageError(Exception):
-    """The helper was called with arguments mount(8) would not pass."""
 
 
 def parse_args(argv: list[str]) -> tuple[str, Path, list[str], bool]:
@@ -58,17 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         source, mountpoint, items, fake = parse_args(sys.argv[1:] if argv is None else argv)
         if not fake:
-            mount_stack(items, mountpoint, fsname=source)
+            mount_stack([*default_items(), *items], mountpoint, fsname=source)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
     except (LayerfsError, OSError) as exc:
-        print(f"{PROG}: {_describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__

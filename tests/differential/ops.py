@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from hypothesis import strategies as st
 
+from tests import forms
 from tests.property import layers as L
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ def ops(draw: st.DrawFn, model: Model | None = None) -> Op:
     return Op(kind, plain, xattr=name)
 
 
-KINDS = (
+ALL_KINDS = (
     *("write",) * 3,
     "truncate",
     *("mkdir",) * 2,
@@ -169,6 +170,10 @@ KINDS = (
     "setxattr",
     "removexattr",
 )
+# Without an index (rootless runs, see tests.forms) the kernel's two names of a copied-up
+# lower object are two inodes (a rename between them fails with ESTALE), so link() is not
+# compared there; privileged runs cover it.
+KINDS = tuple(kind for kind in ALL_KINDS if not (forms.ROOTLESS and kind == "link"))
 
 
 def generate(

@@ -28,6 +28,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from layerfs import Credentials, Stack
+from tests import forms
 from tests.differential import ops as O
 from tests.differential import trees as T
 from tests.differential.configs import CALLERS, CONFIGS, Config
@@ -54,7 +55,7 @@ def _scratch(tmp_path: Path) -> Path:
 @pytest.mark.timeout(900)
 @oracle_settings(default=50, ci=500, deep=5000)
 @given(scenario=O.scenarios())
-def test_model_matches_kernel(
+def _model_matches_kernel(
     kernel_overlay: KernelOverlay, tmp_path: Path, scenario: Scenario
 ) -> None:
     layers, sequence = scenario
@@ -143,9 +144,13 @@ def _case(config_name: str, caller: str):  # type: ignore[no-untyped-def]
     return test
 
 
-test_layerfs_matches_kernel_defaults_root = _case("defaults", "root")
-test_layerfs_matches_kernel_defaults_user = _case("defaults", "user")
-test_layerfs_matches_kernel_index_root = _case("index", "root")
-test_layerfs_matches_kernel_index_user = _case("index", "user")
-test_layerfs_matches_kernel_features_root = _case("features", "root")
-test_layerfs_matches_kernel_features_user = _case("features", "user")
+if forms.ROOTLESS:  # one configuration and one caller without privilege (tests.forms)
+    test_layerfs_matches_kernel_rootless_user = _case("rootless", "user")
+else:
+    test_model_matches_kernel = _model_matches_kernel  # the model is root's
+    test_layerfs_matches_kernel_defaults_root = _case("defaults", "root")
+    test_layerfs_matches_kernel_defaults_user = _case("defaults", "user")
+    test_layerfs_matches_kernel_index_root = _case("index", "root")
+    test_layerfs_matches_kernel_index_user = _case("index", "user")
+    test_layerfs_matches_kernel_features_root = _case("features", "root")
+    test_layerfs_matches_kernel_features_user = _case("features", "user")

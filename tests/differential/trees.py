@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerfs import whiteout
+from tests import forms
 from tests.property import layers as L
 
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ OLD_CUTOFF_NS = 1_609_459_200 * 10**9  # 2021-01-01, before any test run and aft
 # xattrs the kernel writes for its own inode bookkeeping (index=on, nfs_export, xino): they say
 # nothing about the merged view, and layerfs does not write them.
 KERNEL_BOOKKEEPING_XATTRS = frozenset(
-    whiteout.TRUSTED_PREFIX + name for name in ("origin", "impure", "nlink", "uuid")
+    forms.XATTR_PREFIX + name for name in ("origin", "impure", "nlink", "uuid")
 )
-OPAQUE_XATTR = whiteout.TRUSTED_PREFIX + "opaque"
-METACOPY_XATTR = whiteout.TRUSTED_PREFIX + "metacopy"
+OPAQUE_XATTR = forms.XATTR_PREFIX + "opaque"
+METACOPY_XATTR = forms.XATTR_PREFIX + "metacopy"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from hypothesis import given, note
 from fuse_mount import mountinfo
 from layerfs import Credentials
 from layerfs.options import stack_option_items
+from tests import forms
 from tests.differential import ops as O
 from tests.differential import trees as T
 from tests.differential.configs import CALLERS, CONFIGS, Config
@@ -98,7 +99,10 @@ def _case(config_name: str, caller: str, ci: int):  # type: ignore[no-untyped-de
     return test
 
 
-test_fuse_matches_kernel_defaults_root = _case("defaults", "root", ci=60)
-test_fuse_matches_kernel_defaults_user = _case("defaults", "user", ci=60)
-test_fuse_matches_kernel_features_root = _case("features", "root", ci=30)
-test_fuse_matches_kernel_features_user = _case("features", "user", ci=30)
+if forms.ROOTLESS:  # one configuration, and this process as the one caller (tests.forms)
+    test_fuse_matches_kernel_rootless = _case("rootless", "root", ci=60)
+else:
+    test_fuse_matches_kernel_defaults_root = _case("defaults", "root", ci=60)
+    test_fuse_matches_kernel_defaults_user = _case("defaults", "user", ci=60)
+    test_fuse_matches_kernel_features_root = _case("features", "root", ci=30)
+    test_fuse_matches_kernel_features_user = _case("features", "user", ci=30)

@@ -47,14 +47,14 @@ class TestOptions:
                 "relatime",
                 "fsname=img",
                 "timeout=5",
-                "redirect_dir=off",
+                "index=off",
             ]
         )
         assert opts.stack_options == (
             "lowerdir=/a:/b",
             "upperdir=/u",
             "workdir=/w",
-            "redirect_dir=off",
+            "index=off",
         )
         assert {"allow_other", "noatime", "default_permissions", "fsname=img"} <= opts.fuse_options
         assert "subtype=layerfs" in opts.fuse_options

@@ -22,6 +22,7 @@ from typing import Literal, TypeAlias
 from hypothesis import strategies as st
 
 from layerfs import whiteout
+from tests import forms
 
 OLD_NS = 1_500_000_000 * 10**9  # mtime of every lower object: older than any test run
 DIR_NAMES = ("a", "b", "c")
@@ -89,7 +90,8 @@ class Styles:
     opaque: tuple[OpaqueStyle, ...] = ("trusted", "user", "marker")
 
 
-KERNEL_STYLES = Styles(whiteouts=("chardev",), opaque=("trusted",))
+# What kernel overlayfs reads, in the xattr namespace of this run's forms (see tests.forms).
+KERNEL_STYLES = Styles(whiteouts=("chardev",), opaque=(forms.OPAQUE_STYLE,))
 ALL_STYLES = Styles()
 
 
