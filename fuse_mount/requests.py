@@ -308,8 +308,9 @@ class Requests:
         self, parent_ino: int, name: bytes, flags: int, mode: int, caller: Caller
     ) -> tuple[Opened, Entry]:
         parent = self.inodes.node(parent_ino)
+        owner = self._owner(caller)
         node, handle = self.stack.create(
-            parent, decode(name), flags & ~KERNEL_FLAGS, mode, **self._owner(caller)
+            parent, decode(name), flags & ~KERNEL_FLAGS, mode, owner["uid"], owner["gid"]
         )
         self._changed(parent)
         entry = self._entry(node, handle.stat())

@@ -6,7 +6,6 @@ The public API is re-exported here by explicit name; ``tests/unit/test_api.py`` 
 from __future__ import annotations
 
 from layerfs.access import Credentials
-from layerfs.caller import CallerFile, CallerView
 from layerfs.errors import (
     BadReferenceError,
     ConfigError,
@@ -18,9 +17,10 @@ from layerfs.errors import (
     StoreError,
     UnsafeLayerError,
 )
-from layerfs.handle import FileHandle
+from layerfs.file import FileHandle
 from layerfs.node import Node
 from layerfs.options import StackOptions, StackSpec, parse_mount_options
+from layerfs.pathapi import CallerView
 from layerfs.stack import RENAME_EXCHANGE, RENAME_NOREPLACE, Stack
 from layerfs.types import DirEntry, FileKind, Stat, StatFs
 from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
@@ -31,7 +31,6 @@ __all__ = [
     "RENAME_EXCHANGE",
     "RENAME_NOREPLACE",
     "BadReferenceError",
-    "CallerFile",
     "CallerView",
     "ConfigError",
     "Credentials",

@@ -3,7 +3,7 @@
 A stack is a filesystem; like overlayfs under the kernel's VFS, it does not itself decide who
 may do what. The FUSE mount leaves that to the kernel (``default_permissions``). A library
 caller acting for a user that is not root gets the same rules from :class:`Credentials` and
-the functions here, as :mod:`layerfs.caller` applies them: ``generic_permission`` on the mode
+the functions here, as :mod:`layerfs.pathapi` applies them: ``generic_permission`` on the mode
 bits (POSIX ACLs are not read), the sticky-directory rule, ``protected_hardlinks``, the owner
 rules of chmod/chown/utimes, the ``user.*`` xattr rules, and which set-id bits a write, a
 truncate, a chown or a chmod drops. Each raises the errno the kernel gives (``EACCES`` or

@@ -39,11 +39,15 @@ class StackSpec:
     work: Path | None = None
     options: StackOptions = field(default_factory=StackOptions)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` with a one-line message for a stack that cannot work."""
-        if not self.lowers:
+    def validate(self, *, check_lowers: bool = True) -> None:
+        """Raise :class:`ConfigError` with a one-line message for a stack that cannot work.
+
+        Without *check_lowers* the lowers are not host directories (the caller gives the
+        layers themselves) and only the upper and work directories are checked.
+        """
+        if check_lowers and not self.lowers:
             raise ConfigError("at least one lower layer is needed")
-        for lower in self.lowers:
+        for lower in self.lowers if check_lowers else ():
             if not lower.is_dir():
                 raise ConfigError(f"lower layer is not a directory: {lower}")
         if (self.upper is None) != (self.work is None):

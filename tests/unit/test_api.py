@@ -10,7 +10,7 @@ import layerfs
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
-    "RENAME_EXCHANGE", "RENAME_NOREPLACE", "BadReferenceError", "CallerFile", "CallerView",
+    "RENAME_EXCHANGE", "RENAME_NOREPLACE", "BadReferenceError", "CallerView",
     "ConfigError", "Credentials",
     "DigestMismatchError", "DirEntry", "FileHandle", "FileKind", "LayerFormatError",
     "LayerfsError", "Node", "NotFoundError", "RegistryError", "Stack", "StackOptions",

@@ -202,4 +202,4 @@ def test_directories_seen_in_a_listing_hold_no_layer_descriptors(tmp_path: Path)
         assert len(os.listdir("/proc/self/fd")) - before < 10
         child = stack.lookup(stack.root, "d0")
         stack.listdir_node(child)  # entering one opens its four layers
-        assert len(child.dirfds) == 4
+        assert len(child.dirs) == 4
