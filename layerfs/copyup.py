@@ -160,9 +160,10 @@ def _copy_up_nondir(fs: Overlay, node: Node, alias: Alias, meta_only: bool) -> o
     st = _lower_stat(layer, lower, alias.name)
     upper_fd = fs.upper_dir(alias.parent)
     tmp = fs.tmpname()
+    data = fs.data_location(node)  # a lower metacopy file's data is further down
     with fs.claim(node):
         try:
-            _create_copy(fs, layer, lower, alias.name, tmp, st, meta_only)
+            _create_copy(fs, data, tmp, st, meta_only)
             copy_metadata(fs, layer, lower, alias.name, st, fs.work_fd, tmp)
             _fault("file-before-rename")
             with _ParentTimesKept(fs, upper_fd):
@@ -172,28 +173,31 @@ def _copy_up_nondir(fs: Overlay, node: Node, alias: Alias, meta_only: bool) -> o
             fs.upper.unlink_quiet(fs.work_fd, tmp)
             raise
     if meta_only:
-        node.layers = (UPPER, lower_pos)
-        node.data = (lower_pos, layer.open_dir(lower, "."), alias.name)
+        if node.data is None:
+            node.data = (lower_pos, layer.open_dir(lower, "."), alias.name)
+        data_pos = node.data[0]
+        node.layers = (UPPER, data_pos)
     else:
+        fs.release(node)
         node.layers = ONLY_UPPER
     node.version += 1
     alias.in_upper = True
-    _set_upper_entry(alias, node.kind, lower_pos if meta_only else None)
+    _set_upper_entry(alias, node.kind, data_pos if meta_only else None)
     fs.inodes.register_copy(node, os.stat(alias.name, dir_fd=upper_fd, follow_symlinks=False))
     return st
 
 
 def _create_copy(
     fs: Overlay,
-    layer: Layer,
-    lower: Any,
-    name: str,
+    data: tuple[Layer, Any, str],
     tmp: str,
     st: os.stat_result,
     meta_only: bool,
 ) -> None:
-    """The new object under *tmp* in the work directory, data included unless *meta_only*
-    (copied without the stack's lock: the caller has claimed the node)."""
+    """The new object under *tmp* in the work directory, with the content of *data* (layer,
+    parent handle, name) unless *meta_only*; data is copied without the stack's lock (the
+    caller has claimed the node)."""
+    layer, lower, name = data
     work = fs.work_fd
     kind = stat.S_IFMT(st.st_mode)
     if kind == stat.S_IFLNK:
@@ -455,7 +459,7 @@ class _TreeCopy:
         opened: list[tuple[LayerFile, int, os.stat_result]] = []
         try:
             for node, dst_fd, name, st in self.data:
-                layer, parent, src_name = fs.location(node)
+                layer, parent, src_name = fs.data_location(node)
                 source = layer.open_file(parent, src_name)
                 dst = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst_fd)
                 opened.append((source, dst, st))

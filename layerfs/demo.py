@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from layerfs.whiteout import is_whiteout_stat
+
 LAYERS: dict[str, dict[str, str]] = {
     "base": {
         "etc/os-release": 'NAME="layerfs demo"\n',
@@ -59,7 +61,7 @@ def describe_upper(upper: Path) -> None:
             path = Path(dirpath) / name
             st = path.lstat()
             rel = path.relative_to(upper)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            if is_whiteout_stat(st):
                 what = "whiteout (character device 0/0): deleted from the layers below"
             elif stat.S_ISDIR(st.st_mode):
                 what = "directory (copied up as the parent of a change)"

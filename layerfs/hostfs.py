@@ -339,7 +339,9 @@ def rename_at(src_dirfd: int, src: str, dst_dirfd: int, dst: str, flags: int = 0
 
 def make_whiteout(dirfd: int, name: str) -> None:
     """Create an overlayfs whiteout (character device 0/0, mode 0) named *name*."""
-    os.mknod(name, stat.S_IFCHR | 0, 0, dir_fd=dirfd)
+    from layerfs.whiteout import WHITEOUT_MODE, WHITEOUT_RDEV
+
+    os.mknod(name, WHITEOUT_MODE, WHITEOUT_RDEV, dir_fd=dirfd)
 
 
 def remove_tree(dirfd: int, name: str) -> None:

@@ -88,8 +88,8 @@ def _make_node(fs: Overlay, parent: Node, name: str, items: Items) -> tuple[Node
     if kind == DIR:
         return _make_dir(fs, parent, name, items, st), st
     data_pos = None
-    if pos == UPPER and kind == REG and len(items) > 1 and _is_metacopy(fs, parent, name):
-        data_pos = items[1][0]
+    if kind == REG and len(items) > 1 and _is_metacopy(fs, pos, parent, name):
+        data_pos = _data_below(fs, parent, pos, name)
     if data_pos is not None:
         key_st = _lstat(fs, parent, data_pos, name)
         key: HostKey = (LOWER, key_st.st_dev, key_st.st_ino)
@@ -105,7 +105,7 @@ def _make_node(fs: Overlay, parent: Node, name: str, items: Items) -> tuple[Node
         if linked is not None and linked.aliases:
             linked.aliases.append(alias)
             return linked, st
-    layers = one_layer(pos) if data_pos is None else (UPPER, data_pos)
+    layers = one_layer(pos) if data_pos is None else (pos, data_pos)
     node = Node(fs.inodes.number(key), kind, layers)
     node.aliases.append(alias)
     if data_pos is not None:
@@ -173,9 +173,28 @@ def _lstat(fs: Overlay, parent: Node, pos: int, name: str) -> os.stat_result:
     return st
 
 
-def _is_metacopy(fs: Overlay, parent: Node, name: str) -> bool:
-    layer, handle = fs.layers[UPPER], fs.dir(parent, UPPER)
-    return any(layer.getxattr(handle, name, attr) is not None for attr in METACOPY_XATTRS)
+def _is_metacopy(fs: Overlay, pos: int, parent: Node, name: str) -> bool:
+    """Whether regular file *name* holds only metadata in layer *pos* (either namespace)."""
+    names = fs.layers[pos].listxattr(fs.dir(parent, pos), name)
+    return any(attr in METACOPY_XATTRS for attr in names)
+
+
+def _data_below(fs: Overlay, parent: Node, pos: int, name: str) -> int | None:
+    """The layer holding a metacopy file's data: the next regular file below that is not a
+    metacopy itself; None where a whiteout, another kind or nothing comes first."""
+    for below in parent.layers[parent.layers.index(pos) + 1 :]:
+        layer, handle = fs.layers[below], fs.dir(parent, below)
+        st = layer.lstat(handle, name)
+        if st is None:
+            marker = oci_whiteout_name(name)
+            if marker is not None and layer.lstat(handle, marker) is not None:
+                return None
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if not _is_metacopy(fs, below, parent, name):
+            return below
+    return None
 
 
 # -- origin ---------------------------------------------------------------------------------

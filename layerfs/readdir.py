@@ -21,6 +21,7 @@ from layerfs.whiteout import (
     WHITEOUT_PREFIX,
     is_opaque_value,
     is_whiteout_stat,
+    whited_out_name,
 )
 
 Items = tuple[tuple[int, int], ...]  # (layer position, S_IFMT kind), top-down
@@ -45,8 +46,10 @@ def scan(layer: Layer, handle: LayerDir) -> Scan:
         if name.startswith(WHITEOUT_PREFIX):
             if name == OPAQUE_MARKER:
                 found.opaque_marker = True
-            elif len(name) > len(WHITEOUT_PREFIX):
-                found.oci_hidden.add(name[len(WHITEOUT_PREFIX) :])
+            else:
+                hidden = whited_out_name(name)
+                if hidden is not None:
+                    found.oci_hidden.add(hidden)
             continue
         whiteout = False
         if kind == stat.S_IFCHR:
@@ -177,10 +180,10 @@ def build_index(layers: list[tuple[int, Layer, LayerDir]]) -> MergedIndex:
 
 def _extends(items: list[tuple[int, int]], pos: int, kind: int) -> bool:
     """Record the object one layer further down if it still shows through; False stops."""
-    last_pos, last_kind = items[-1]
+    last_kind = items[-1][1]
     if last_kind == DIR and kind == DIR:
         items.append((pos, kind))
         return True
-    if len(items) == 1 and last_pos == UPPER and last_kind == REG and kind == REG:
-        items.append((pos, kind))  # the data of a possible metacopy upper file
+    if len(items) == 1 and last_kind == REG and kind == REG:
+        items.append((pos, kind))  # the data of a possible metacopy file above it
     return False

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+AUFS_META_PREFIX = ".wh..wh."  # AUFS bookkeeping (".wh..wh.plnk"...): no data, no whiteout
+WHITEOUT_MODE = stat.S_IFCHR  # an overlayfs whiteout: a character device ...
+WHITEOUT_RDEV = 0  # ... with device number 0/0
 TRUSTED_PREFIX = "trusted.overlay."
 USER_PREFIX = "user.overlay."
 PRIVATE_PREFIXES = (TRUSTED_PREFIX, USER_PREFIX)
@@ -137,7 +140,7 @@ def is_private_xattr(name: str) -> bool:
 
 def is_whiteout_stat(st: os.stat_result) -> bool:
     """Whether a host object is an overlayfs whiteout (character device 0/0)."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == WHITEOUT_RDEV
 
 
 def is_whiteout_name(name: str) -> bool:
@@ -146,11 +149,14 @@ def is_whiteout_name(name: str) -> bool:
 
 
 def whited_out_name(name: str) -> str | None:
-    """The name an OCI whiteout file deletes, or None for the opaque marker and other names."""
+    """The name an OCI whiteout file deletes; None for the opaque marker, for AUFS's own
+    bookkeeping names (``.wh..wh.*``) and for names that are no whiteout."""
     if name == OPAQUE_MARKER or not name.startswith(WHITEOUT_PREFIX):
         return None
     target = name[len(WHITEOUT_PREFIX) :]
-    return target or None
+    if not target or target.startswith(WHITEOUT_PREFIX):
+        return None
+    return target
 
 
 def whiteout_file_name(name: str) -> str:

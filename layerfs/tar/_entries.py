@@ -15,9 +15,8 @@ import tarfile
 from dataclasses import dataclass
 
 from layerfs.errors import LayerFormatError, UnsafeLayerError
-from layerfs.whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, whited_out_name
+from layerfs.whiteout import AUFS_META_PREFIX, OPAQUE_MARKER, WHITEOUT_PREFIX, whited_out_name
 
-AUFS_META_PREFIX = WHITEOUT_PREFIX + WHITEOUT_PREFIX  # ".wh..wh.": AUFS bookkeeping, not data
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")  # PAX records that carry xattrs
 XATTR_NAME_MAX = 255  # bytes, as Linux
 XATTR_SIZE_MAX = 65536  # bytes of one xattr value, as Linux

@@ -374,7 +374,7 @@ class Extractor:
             if hostfs.lstat_or_none(fd, wh_name) is None:
                 os.close(os.open(wh_name, _NEW_FILE, _FILE_CREATE_MODE, dir_fd=fd))
             return
-        os.mknod(entry.name, stat.S_IFCHR, 0, dir_fd=fd)
+        hostfs.make_whiteout(fd, entry.name)
 
     def _clear_unpacked(self, dir_fd: int, path: str) -> None:
         """Remove every child of *path* that this layer did not put there (recursively)."""

@@ -1,8 +1,8 @@
-"""Reading an upper (or lower) directory in either on-disk whiteout format.
+"""Reading an upper directory (or any layer's) for a diff or a layer tar, in either encoding.
 
-One directory is read at a time into a :class:`DirScan`: its real children, the names it
-whites out (0/0 character devices and ``.wh.NAME`` files alike) and whether it is opaque
-(``trusted.overlay.opaque``/``user.overlay.opaque`` or a ``.wh..wh..opq`` file). Whiteout
+One directory is read at a time into a :class:`DirScan` by the core's own reader
+(:func:`layerfs.readdir.scan`): its real children with their attributes, the names it whites
+out (0/0 character devices and ``.wh.NAME`` files alike) and whether it is opaque. Whiteout
 files and markers are never reported as children: they are encodings, not data.
 """
 
@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from dataclasses import dataclass, field
 
-from layerfs import hostfs
-from layerfs.whiteout import (
-    OPAQUE_MARKER,
-    TRUSTED_PREFIX,
-    USER_PREFIX,
-    WHITEOUT_PREFIX,
-    is_opaque_value,
-    is_private_xattr,
-    is_whiteout_stat,
-    whited_out_name,
-)
+from layerfs import readdir
+from layerfs.layer import HostLayer
+from layerfs.whiteout import is_private_xattr
 
-OPAQUE_XATTRS = (TRUSTED_PREFIX + "opaque", USER_PREFIX + "opaque")
-METACOPY_XATTRS = (TRUSTED_PREFIX + "metacopy", USER_PREFIX + "metacopy")
 O_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -71,43 +60,17 @@ def public_xattrs(target: int | str, names: list[str]) -> dict[str, bytes]:
     return found
 
 
-def has_opaque_xattr(target: int | str) -> bool:
-    for name in OPAQUE_XATTRS:
-        try:
-            if is_opaque_value(os.getxattr(target, name)):
-                return True
-        except OSError as exc:
-            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-                raise
-    return False
-
-
-def scan_dir(dir_fd: int) -> DirScan:
-    """Read directory *dir_fd* (an ``O_PATH`` or readable descriptor)."""
+def scan_dir(layer: HostLayer, handle: int) -> DirScan:
+    """Read one directory of *layer* (a descriptor it handed out)."""
+    listing = readdir.scan(layer, handle)
     scan = DirScan()
-    for name in sorted(os.listdir(proc_path(dir_fd)), key=sort_key):
-        if name == OPAQUE_MARKER:
-            scan.opaque = True
-            continue
-        if name.startswith(WHITEOUT_PREFIX):
-            target = whited_out_name(name)
-            if target is not None and not target.startswith(WHITEOUT_PREFIX):
-                scan.whiteouts.add(target)
-            continue
-        st = hostfs.lstat_at(dir_fd, name)
-        if is_whiteout_stat(st):
+    scan.whiteouts = set(listing.oci_hidden)
+    for name, _, whiteout in sorted(listing.entries, key=lambda e: sort_key(e[0])):
+        if whiteout:
             scan.whiteouts.add(name)
             continue
-        scan.children.append((name, st))
-    if not scan.opaque:
-        scan.opaque = has_opaque_xattr(proc_path(dir_fd))
+        st = layer.lstat(handle, name)
+        if st is not None:
+            scan.children.append((name, st))
+    scan.opaque = listing.opaque_marker or readdir.is_opaque(layer, handle)
     return scan
-
-
-def open_dir(dir_fd: int, name: str) -> int:
-    """An ``O_PATH`` descriptor of child directory *name*, never through a symlink."""
-    return os.open(name, hostfs.O_PATH_DIR, dir_fd=dir_fd)
-
-
-def is_dir(st: os.stat_result) -> bool:
-    return stat.S_ISDIR(st.st_mode)

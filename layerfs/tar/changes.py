@@ -16,8 +16,9 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from layerfs import hostfs
-from layerfs.tar._lowers import LowerView
+from layerfs.layer import HostLayer
+from layerfs.node import Node
+from layerfs.stack import Stack
 from layerfs.tar._upper import scan_dir
 
 
@@ -40,45 +41,65 @@ class Change:
 def diff_changes(
     upper: os.PathLike[str] | str, lowers: Sequence[os.PathLike[str] | str] = ()
 ) -> list[Change]:
-    """The changes *upper* makes over *lowers* (top-most first), sorted by path."""
+    """The changes *upper* makes over *lowers* (top-most first), sorted by path.
+
+    What the lowers show is asked of the core (a read-only :class:`~layerfs.Stack` over
+    them), so a diff sees exactly what a mount of the same layers shows.
+    """
     changes: list[Change] = []
-    root = hostfs.open_root(upper)
+    layer = HostLayer(upper)
+    below = Stack(lowers) if lowers else None
     try:
-        with LowerView(lowers) as view:
-            _walk(root, "", view, changes, below=bool(lowers), hidden=False)
+        _walk(_Walk(layer, below, changes), layer.root(), "", below=below is not None, hidden=False)
     finally:
-        os.close(root)
+        layer.close()
+        if below is not None:
+            below.close()
     return sorted(changes)
 
 
-def _walk(
-    dir_fd: int, path: str, view: LowerView, out: list[Change], *, below: bool, hidden: bool
-) -> None:
+@dataclass
+class _Walk:
+    layer: HostLayer
+    below: Stack | None
+    out: list[Change]
+
+    def lower(self, path: str) -> Node | None:
+        """What the lowers' merged view holds at *path*, or None."""
+        if self.below is None:
+            return None
+        try:
+            return self.below.resolve("/" + path)
+        except OSError:
+            return None
+
+
+def _walk(walk: _Walk, handle: int, path: str, *, below: bool, hidden: bool) -> None:
     """Record the changes inside upper directory *path*.
 
     *below*: a directory is at *path* in the lowers; *hidden*: an opaque directory above hides
     it, so its lower children that the upper lacks are deleted too.
     """
-    scan = scan_dir(dir_fd)
+    scan = scan_dir(walk.layer, handle)
     hides = hidden or scan.opaque
     names = {name for name, _ in scan.children}
     for name in scan.whiteouts - names:
-        out.append(Change("/" + _join(path, name), ChangeKind.DELETED))
-    if hides and below:
-        for name in view.listdir(path):
+        walk.out.append(Change("/" + _join(path, name), ChangeKind.DELETED))
+    if hides and below and walk.below is not None:
+        for name in walk.below.listdir("/" + path):
             if name not in names and name not in scan.whiteouts:
-                out.append(Change("/" + _join(path, name), ChangeKind.DELETED))
+                walk.out.append(Change("/" + _join(path, name), ChangeKind.DELETED))
     for name, st in scan.children:
         child = _join(path, name)
-        found = view.lookup(child) if below else None
-        out.append(Change("/" + child, ChangeKind.CHANGED if found else ChangeKind.ADDED))
+        found = walk.lower(child) if below else None
+        walk.out.append(Change("/" + child, ChangeKind.CHANGED if found else ChangeKind.ADDED))
         if stat.S_ISDIR(st.st_mode):
-            merges = found is not None and stat.S_ISDIR(found.st.st_mode)
-            sub = os.open(name, hostfs.O_PATH_DIR, dir_fd=dir_fd)
+            merges = found is not None and found.is_dir
+            sub = walk.layer.open_dir(handle, name)
             try:
-                _walk(sub, child, view, out, below=merges, hidden=hides)
+                _walk(walk, sub, child, below=merges, hidden=hides)
             finally:
-                os.close(sub)
+                walk.layer.close_dir(sub)
 
 
 def _join(parent: str, name: str) -> str:

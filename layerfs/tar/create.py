@@ -29,21 +29,14 @@ import zstandard
 
 from layerfs import hostfs
 from layerfs.errors import LayerFormatError
+from layerfs.layer import HostLayer
+from layerfs.stack import Stack
 from layerfs.tar._header import pack_plain, plain_header
-from layerfs.tar._lowers import LowerView
 from layerfs.tar._streams import CHUNK, BackgroundWriter, HashingWriter, digest_of
-from layerfs.tar._upper import (
-    METACOPY_XATTRS,
-    DirScan,
-    proc_path,
-    public_xattrs,
-    scan_dir,
-    sort_key,
-    xattr_names,
-)
+from layerfs.tar._upper import DirScan, proc_path, public_xattrs, scan_dir, sort_key, xattr_names
 from layerfs.tar.compression import MEDIA_TYPES, Compression
 from layerfs.types import Digest
-from layerfs.whiteout import OPAQUE_MARKER, whiteout_file_name
+from layerfs.whiteout import METACOPY_XATTRS, OPAQUE_MARKER, whiteout_file_name
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -137,7 +130,8 @@ def create_layer(
 ) -> LayerDescriptor:
     """Write the changes recorded in *upper* as a layer blob to *out*.
 
-    *lowers* (top-most first) are read only for the data of metacopy files. *progress* is
+    *lowers* (top-most first) are read only for the data of metacopy files, through the
+    core (a read-only :class:`~layerfs.Stack` over them). *progress* is
     called with the number of uncompressed tar bytes produced since its previous call.
     Raises :class:`~layerfs.errors.LayerFormatError` when a file changes size while it is
     read, or when a metacopy file has no data below it.
@@ -146,12 +140,14 @@ def create_layer(
     with _compressor(blob, options) as compressed:
         tar = _TarOut(compressed, progress)
         try:
-            root = hostfs.open_root(upper)
+            layer = HostLayer(upper)
+            below = Stack(lowers) if lowers else None
             try:
-                with LowerView(lowers) as lower_view:
-                    _Walker(tar, lower_view, options.exclude).walk(root, "")
+                _Walker(tar, layer, below, options.exclude).walk(layer.root(), "")
             finally:
-                os.close(root)
+                layer.close()
+                if below is not None:
+                    below.close()
             tar.finish()
         except BaseException:
             tar.abandon()
@@ -213,8 +209,11 @@ def _marker(path: str) -> tarfile.TarInfo:
 class _Walker:
     """Depth-first, sorted walk of the upper that writes one entry per object."""
 
-    def __init__(self, tar: _TarOut, lowers: LowerView, exclude: frozenset[str]) -> None:
+    def __init__(
+        self, tar: _TarOut, layer: HostLayer, lowers: Stack | None, exclude: frozenset[str]
+    ) -> None:
         self._tar = tar
+        self._layer = layer
         self._lowers = lowers
         self._links: dict[tuple[int, int], str] = {}
         self._exclude = {path.strip("/") for path in exclude}
@@ -231,7 +230,7 @@ class _Walker:
 
     def walk(self, dir_fd: int, path: str) -> None:
         """Write the contents of directory *dir_fd* (at archive path *path*)."""
-        scan: DirScan = scan_dir(dir_fd)
+        scan: DirScan = scan_dir(self._layer, dir_fd)
         if scan.opaque:
             self._emit(_marker(_join(path, OPAQUE_MARKER)))
         items: list[tuple[bytes, str, os.stat_result | None]] = [
@@ -253,12 +252,12 @@ class _Walker:
     def _entry(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> None:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            sub = os.open(name, hostfs.O_PATH_DIR, dir_fd=dir_fd)
+            sub = self._layer.open_dir(dir_fd, name)
             try:
                 self._emit(_info(path, st, tarfile.DIRTYPE), _xattrs(proc_path(sub)))
                 self.walk(sub, path)
             finally:
-                os.close(sub)
+                self._layer.close_dir(sub)
             return
         if stat.S_ISSOCK(mode):
             return  # sockets cannot be carried by tar; they are runtime objects anyway
@@ -310,16 +309,20 @@ class _Walker:
             os.close(fd)
 
     def _metacopy(self, info: tarfile.TarInfo, path: str, xattrs: dict[str, bytes]) -> None:
-        found = self._lowers.data_source(path)
-        if found is None:
+        """A metacopy file's data is what the lowers' merged view shows at its path."""
+        node = None
+        if self._lowers is not None:
+            try:
+                node = self._lowers.resolve("/" + path)
+            except OSError:
+                node = None
+        if node is None or node.kind != stat.S_IFREG or self._lowers is None:
             raise LayerFormatError(f"metacopy file {path!r} has no data in the lowers")
-        fd = os.open(found.name, _O_READ, dir_fd=found.parent_fd)
-        try:
-            info.size = os.fstat(fd).st_size
+        with self._lowers.open_node(node, os.O_RDONLY) as data:
+            fd = data.fileno()
+            info.size = os.fstat(fd).st_size  # what the data file holds
             self._emit(info, xattrs)
             _copy_data(self._tar, fd, info.size, path)
-        finally:
-            os.close(fd)
 
 
 def _join(parent: str, name: str) -> str:
