@@ -216,6 +216,7 @@ def _create_copy(
         source = layer.open_file(lower, name)
         try:
             with fs.unlocked():
+                _fault("file-data-copying")
                 fs.upper.copy_data(source, dst, st.st_size)
         finally:
             source.close()
