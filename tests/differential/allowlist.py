@@ -51,14 +51,18 @@ ALLOWLIST: tuple[Deviation, ...] = (
     ),
     Deviation(
         "metacopy upper files",
-        "layerfs copies up only metadata on chmod/chown/utimes/setxattr of a lower regular "
-        "file (sparse file + metacopy xattr); the comparison mount has metacopy=off and "
-        "copies the data. A metacopy file compares equal to a full copy of the lower's data.",
+        "with metacopy=on (the features configuration) the kernel and layerfs may leave "
+        "different files metadata-only: layerfs completes the data of a file it links into a "
+        "directory it copies whole, where the kernel records a redirect. A metacopy file "
+        "compares equal to a full copy of the lower's data.",
     ),
     Deviation(
         "kernel bookkeeping xattrs",
-        "trusted.overlay.origin/impure/nlink/uuid are the kernel's inode bookkeeping "
-        "(index=on); layerfs does not write them. Dropped from upper snapshots.",
+        "trusted.overlay.origin/impure/nlink/uuid are the kernel's inode bookkeeping. layerfs "
+        "writes origin and impure in the kernel's format, but not always on the same objects "
+        "(a directory it copies whole on rename carries its objects' origins), and never "
+        "nlink or uuid. Dropped from upper snapshots; the read-back mount checks that the "
+        "kernel accepts layerfs's.",
     ),
     Deviation(
         "shared whiteout inodes",
