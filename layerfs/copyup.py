@@ -138,11 +138,7 @@ def _copy_up_dir(fs: Overlay, node: Node, alias: Alias) -> None:
     fs.upper.mkdir(fs.work_fd, tmp)
     try:
         _fault("dir-created")
-        copy_metadata(fs, layer, lower, alias.name, st, fs.work_fd, tmp)
-        _fault("dir-before-rename")
-        with _ParentTimesKept(fs, upper_fd):
-            fs.upper.rename(fs.work_fd, tmp, upper_fd, alias.name, RENAME_NOREPLACE)
-            mark_impure(fs, upper_fd)
+        _install(fs, (layer, lower, alias.name), st, tmp, upper_fd, "dir-before-rename")
     except BaseException:
         fs.upper.remove_tree(fs.work_fd, tmp)
         raise
@@ -164,11 +160,7 @@ def _copy_up_nondir(fs: Overlay, node: Node, alias: Alias, meta_only: bool) -> o
     with fs.claim(node):
         try:
             _create_copy(fs, data, tmp, st, meta_only)
-            copy_metadata(fs, layer, lower, alias.name, st, fs.work_fd, tmp)
-            _fault("file-before-rename")
-            with _ParentTimesKept(fs, upper_fd):
-                fs.upper.rename(fs.work_fd, tmp, upper_fd, alias.name, RENAME_NOREPLACE)
-                mark_impure(fs, upper_fd)
+            _install(fs, (layer, lower, alias.name), st, tmp, upper_fd, "file-before-rename")
         except BaseException:
             fs.upper.unlink_quiet(fs.work_fd, tmp)
             raise
@@ -185,6 +177,24 @@ def _copy_up_nondir(fs: Overlay, node: Node, alias: Alias, meta_only: bool) -> o
     _set_upper_entry(alias, node.kind, data_pos if meta_only else None)
     fs.inodes.register_copy(node, os.stat(alias.name, dir_fd=upper_fd, follow_symlinks=False))
     return st
+
+
+def _install(
+    fs: Overlay,
+    source: tuple[Layer, Any, str],
+    st: os.stat_result,
+    tmp: str,
+    upper_fd: int,
+    step: str,
+) -> None:
+    """Give the copy *tmp* its source's metadata and origin, then rename it into place in
+    the upper (``RENAME_NOREPLACE``: never over something), its parent's times kept."""
+    layer, parent, name = source
+    copy_metadata(fs, layer, parent, name, st, fs.work_fd, tmp)
+    _fault(step)
+    with _ParentTimesKept(fs, upper_fd):
+        fs.upper.rename(fs.work_fd, tmp, upper_fd, name, RENAME_NOREPLACE)
+        mark_impure(fs, upper_fd)
 
 
 def _create_copy(

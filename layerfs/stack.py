@@ -149,6 +149,8 @@ class Stack(CallerView):
             return node, inode.to_stat(fs, node, st)
 
     def getattr(self, node: Node) -> Stat:
+        """Merged-view attributes: the node's own inode number, ``st_nlink`` 1 for a merged
+        directory, a metacopy file's data blocks (ENOENT once its last name is gone)."""
         with self._fs.lock:
             return inode.getattr_(self._fs, node)
 
@@ -231,6 +233,7 @@ class Stack(CallerView):
             return inode.getxattr(self._fs, node, name)
 
     def listxattr_node(self, node: Node) -> list[str]:
+        """The xattr names of the object, without the stack's own (``*.overlay.*``)."""
         with self._fs.lock:
             return inode.listxattr(self._fs, node)
 
@@ -240,6 +243,7 @@ class Stack(CallerView):
             inode.setxattr(self._fs, node, name, value, flags)
 
     def removexattr_node(self, node: Node, name: str) -> None:
+        """Remove an xattr (ENODATA, checked before any copy-up) after a metadata copy-up."""
         with self._fs.lock:
             inode.removexattr(self._fs, node, name)
 
@@ -275,6 +279,8 @@ class Stack(CallerView):
     def mkdir_at(
         self, parent: Node, name: str, mode: int, uid: int | None = None, gid: int | None = None
     ) -> Node:
+        """A new directory (EEXIST, ENOENT for a removed parent, ENAMETOOLONG, EINVAL for a
+        ``.wh.`` name); opaque where it replaces a whiteout or sits in a merged parent."""
         with self._fs.lock:
             return dirops.mkdir(self._fs, parent, name, mode, uid, gid)
 
@@ -287,12 +293,14 @@ class Stack(CallerView):
         uid: int | None = None,
         gid: int | None = None,
     ) -> Node:
+        """A new FIFO, socket, device or (without a type in *mode*) empty regular file."""
         with self._fs.lock:
             return dirops.mknod(self._fs, parent, name, mode, rdev, uid, gid)
 
     def symlink_at(
         self, parent: Node, name: str, target: str, uid: int | None = None, gid: int | None = None
     ) -> Node:
+        """A new symlink (ENAMETOOLONG for a target of PATH_MAX bytes or more)."""
         with self._fs.lock:
             return dirops.symlink(self._fs, parent, name, target, uid, gid)
 
@@ -302,10 +310,13 @@ class Stack(CallerView):
             return dirops.link(self._fs, node, new_parent, new_name)
 
     def unlink_at(self, parent: Node, name: str) -> None:
+        """Remove a non-directory (EISDIR); a name a lower has leaves a whiteout. Open
+        handles of the object keep working."""
         with self._fs.lock:
             dirops.unlink(self._fs, parent, name)
 
     def rmdir_at(self, parent: Node, name: str) -> None:
+        """Remove an empty directory (ENOTDIR, ENOTEMPTY counting lower names too)."""
         with self._fs.lock:
             dirops.rmdir(self._fs, parent, name)
 
