@@ -71,6 +71,3 @@ def main() -> None:
         sys.exit(dropin.run(argv))
     cli(prog_name="layerfs")
 
-
-if __name__ == "__main__":
-    main()

@@ -45,7 +45,7 @@ def build(root: Path) -> tuple[list[Path], Path, Path, Path]:
 
 def layerfs(*args: str) -> None:
     print(f"$ layerfs {' '.join(args)}")
-    subprocess.run([sys.executable, "-m", "layerfs", *args], check=True)
+    subprocess.run([sys.executable, "-m", "layerfs.cli", *args], check=True)
 
 
 def show(title: str, text: str) -> None:
