@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from layerfs import privilege
 from layerfs.tar import (
     ApplyMode,
     ApplyOptions,
@@ -23,7 +24,6 @@ from layerfs.tar import (
     apply_layer,
     create_layer,
 )
-from layerfs.whiteout import UpperFormat
 
 COMPRESSIONS = {c.value: c for c in Compression}
 
@@ -53,7 +53,8 @@ def layer() -> None:
     "--as-layer",
     is_flag=True,
     help="Create DIRECTORY as an overlayfs lower layer: whiteouts stay whiteouts "
-    "(0/0 devices as root, .wh. files otherwise) and opaque dirs get the opaque xattr.",
+    "(0/0 devices with real privilege, .wh. files otherwise, uid 0 of a user namespace "
+    "included) and opaque dirs get the opaque xattr.",
 )
 def apply_command(blob: str, directory: str, as_layer: bool) -> None:
     """Unpack layer BLOB into DIRECTORY.
@@ -64,8 +65,7 @@ def apply_command(blob: str, directory: str, as_layer: bool) -> None:
     command.
     """
     if as_layer:
-        fmt = UpperFormat() if os.geteuid() == 0 else UpperFormat.unprivileged()
-        options = ApplyOptions(mode=ApplyMode.LAYER, upper_format=fmt)
+        options = ApplyOptions(mode=ApplyMode.LAYER, upper_format=privilege.layer_format())
     else:
         options = ApplyOptions(mode=ApplyMode.ROOTFS)
     with _progress("apply", os.path.getsize(blob)) as progress:

@@ -70,4 +70,3 @@ def main() -> None:
     if dropin.is_dropin_call(argv, cli.commands):
         sys.exit(dropin.run(argv))
     cli(prog_name="layerfs")
-

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from layerfs import privilege
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
 from layerfs.store import archive, bundle, gc
 from layerfs.store.blobs import fsync_dir
@@ -63,7 +64,6 @@ from layerfs.tar import (
     diff_changes,
 )
 from layerfs.types import Digest
-from layerfs.whiteout import UpperFormat
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +74,19 @@ ExportFormat = Literal["oci", "docker-archive"]
 
 
 def default_root() -> Path:
-    """``$LAYERFS_ROOT``; else ``/var/lib/layerfs`` for root, ``~/.local/share/layerfs`` else.
+    """``$LAYERFS_ROOT``; else ``/var/lib/layerfs`` for root of the host, and
+    ``~/.local/share/layerfs`` for anyone else (uid 0 of a user namespace included: it
+    cannot write ``/var/lib``).
 
     ``$XDG_DATA_HOME`` replaces ``~/.local/share`` when set.
     """
     env = os.environ.get(ROOT_ENV)
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    if privilege.is_host_root():
         return SYSTEM_ROOT
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "layerfs"
-
-
-def layer_format() -> UpperFormat:
-    """How unpacked layers record whiteouts and opaque directories for this user.
-
-    Root writes the kernel's form (0/0 character devices, ``trusted.overlay.opaque``), which
-    kernel overlayfs and layerfs both read; an unprivileged user cannot create those and
-    writes ``.wh.`` files and ``user.overlay.opaque``, which layerfs reads (the FUSE mount).
-    """
-    return UpperFormat() if os.geteuid() == 0 else UpperFormat.unprivileged()
 
 
 class MountSpec(NamedTuple):
@@ -350,7 +342,9 @@ class Store:
                 result = apply_layer(
                     self.blobs.path(desc.digest),
                     staging / "layer",
-                    options=ApplyOptions(mode=ApplyMode.LAYER, upper_format=layer_format()),
+                    options=ApplyOptions(
+                        mode=ApplyMode.LAYER, upper_format=privilege.layer_format()
+                    ),
                     progress=progress.advance,
                 )
                 _check_applied(desc, diff_id, result)
