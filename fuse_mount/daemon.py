@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from fuse_mount import mountinfo
 from layerfs import privilege
-from layerfs.errors import ConfigError, LayerfsError
+from layerfs.errors import ConfigError, LayerfsError, describe_error
 
 if TYPE_CHECKING:
     from fuse_mount.options import MountOptions
@@ -144,7 +144,7 @@ def _report_failure(exc: BaseException, ready_fd: int | None) -> None:
     """Log the failure and, before "ready" was sent, tell the parent in one line."""
     exc = _innermost(exc)
     if isinstance(exc, (LayerfsError, OSError)):
-        message = str(exc) if isinstance(exc, LayerfsError) else describe_oserror(exc)
+        message = describe_error(exc)
     else:
         message = f"mount daemon failed: {exc!r}"
         log.error("mount daemon failed\n%s", traceback.format_exc())
@@ -159,14 +159,6 @@ def _innermost(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-def describe_oserror(exc: OSError) -> str:
-    """``strerror: path`` (and ``-> path2``): the repr of an OSError hides which path."""
-    where = f": {exc.filename}" if exc.filename else ""
-    if exc.filename2:
-        where += f" -> {exc.filename2}"
-    return f"{exc.strerror or exc}{where}"
 
 
 def _redirect_stdio(log_file: Path | None) -> None:
@@ -243,7 +235,7 @@ def write_pidfile(path: Path) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise DaemonError(f"cannot write the pid file: {describe_oserror(exc)}") from exc
+        raise DaemonError(f"cannot write the pid file: {describe_error(exc)}") from exc
 
 
 def remove_own_pidfile(path: Path) -> None:

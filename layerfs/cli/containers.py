@@ -11,16 +11,16 @@ from pathlib import Path
 
 import click
 
-from layerfs.cli.images import (
-    COMPRESSIONS,
+from layerfs.cli.common import (
     compression_option,
     echo_json,
     format_option,
     open_store,
-    progress_bar,
     root_option,
 )
+from layerfs.cli.progress import progress_bar
 from layerfs.store.bundle import write_config
+from layerfs.tar import Compression
 
 _KIND_LETTER = {"ADDED": "A", "CHANGED": "C", "DELETED": "D"}
 
@@ -101,7 +101,7 @@ def commit_cmd(
         image = store.commit(
             container,
             new_ref,
-            compression=COMPRESSIONS[compression],
+            compression=Compression(compression),
             message=message,
             progress=progress,
         )

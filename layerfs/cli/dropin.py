@@ -24,7 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerfs.errors import LayerfsError
+from layerfs.errors import LayerfsError, describe_error
 
 PROG = "layerfs"
 USAGE = f"usage: {PROG} [SOURCE] MOUNTPOINT -o OPTIONS [-f] [-d]"
@@ -115,13 +115,6 @@ def run(argv: list[str]) -> int:
     except (LayerfsError, OSError) as exc:
         if "--debug" in argv or "-d" in argv:
             raise
-        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
         return 1
     return 0
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an expected failure: ``strerror: path`` or the error's message."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from layerfs.cli.images import root_option
+from layerfs.cli.common import root_option
 from layerfs.errors import ConfigError
 
 
@@ -129,7 +129,7 @@ def mount_stack(
 def _store_options(root: str | None, source: str) -> list[str]:
     """The layers of an image (read-only) or a container (with its upper) in the store; the
     partial layers of a lazily pulled image are completed first."""
-    from layerfs.cli.images import open_store
+    from layerfs.cli.common import open_store
     from layerfs.options import stack_option_items
 
     lowers, upper, work = open_store(root).mount_spec(source)

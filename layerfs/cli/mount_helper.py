@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layerfs.cli.dropin import UsageError, default_items, describe
-from layerfs.errors import LayerfsError
+from layerfs.cli.dropin import UsageError, default_items
+from layerfs.errors import LayerfsError, describe_error
 
 PROG = "mount.fuse.layerfs"
 USAGE = f"usage: {PROG} SOURCE MOUNTPOINT [-fnsv] [-o OPTIONS]"
@@ -61,6 +61,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
     except (LayerfsError, OSError) as exc:
-        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

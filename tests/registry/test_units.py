@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from layerfs.cli.registry import BarTransfers
+from layerfs.cli.progress import BarTransfers
 from layerfs.errors import BadReferenceError, ConfigError, NotFoundError, RegistryError
 from layerfs.registry import RetryPolicy
 from layerfs.registry.auth import parse_challenge
