@@ -12,7 +12,8 @@ import os
 import click
 
 from layerfs import privilege
-from layerfs.cli.progress import byte_progress
+from layerfs.cli.progress import progress_bar
+from layerfs.progress import task
 from layerfs.tar import (
     ApplyMode,
     ApplyOptions,
@@ -52,7 +53,7 @@ def apply_command(blob: str, directory: str, as_layer: bool) -> None:
         options = ApplyOptions(mode=ApplyMode.LAYER, upper_format=privilege.layer_format())
     else:
         options = ApplyOptions(mode=ApplyMode.ROOTFS)
-    with byte_progress("apply", os.path.getsize(blob)) as progress:
+    with progress_bar() as bars, task(bars, "apply", os.path.getsize(blob)) as progress:
         result = apply_layer(blob, directory, options=options, progress=progress)
     click.echo(f"entries {result.entries}")
     click.echo(f"digest  {result.digest}")
@@ -88,7 +89,7 @@ def create_command(
     options = CreateOptions(compression=COMPRESSIONS[compression], level=level)
     tmp = f"{blob}.partial"
     try:
-        with open(tmp, "wb") as out, byte_progress("create", None) as progress:
+        with open(tmp, "wb") as out, progress_bar() as bars, task(bars, "create", None) as progress:
             desc = create_layer(directory, out, lowers=lowers, options=options, progress=progress)
         os.replace(tmp, blob)
     except BaseException:

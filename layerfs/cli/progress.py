@@ -1,9 +1,13 @@
-"""Progress bars on stderr for long commands: drawn when stderr is a terminal, else nothing."""
+"""Progress bars on stderr for long commands: drawn when stderr is a terminal, else nothing.
+
+:class:`BarProgress` is the command line's :class:`layerfs.progress.Progress`: one rich bar
+per task, whether the tasks come from tar, the store or a registry transfer.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -16,45 +20,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from layerfs.registry.transfers import NoTransfers, Transfers
-
 
 class BarProgress:
-    """Adapts a rich progress bar to the store's ``phase``/``advance`` progress protocol."""
-
-    def __init__(self, bar: Progress) -> None:
-        self._bar = bar
-        self._task: TaskID | None = None
-
-    def phase(self, description: str, total: int | None) -> None:
-        if self._task is not None:
-            self._bar.update(self._task, visible=False)
-        self._task = self._bar.add_task(description, total=total)
-
-    def advance(self, amount: int) -> None:
-        if self._task is not None:
-            self._bar.advance(self._task, amount)
-
-
-@contextmanager
-def progress_bar() -> Iterator[BarProgress]:
-    """A progress bar on stderr; disabled (silent) unless stderr is a terminal."""
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-    with bar:
-        yield BarProgress(bar)
-
-
-class BarTransfers:
-    """One rich progress bar per blob; thread-safe (transfers run on worker threads)."""
+    """One rich progress bar per task; thread-safe (a pull moves blobs on worker threads)."""
 
     def __init__(self, bar: Progress) -> None:
         self._bar = bar
@@ -79,31 +47,18 @@ class BarTransfers:
 
 
 @contextmanager
-def transfers(quiet: bool) -> Iterator[Transfers]:
-    """Progress bars on stderr, or nothing with *quiet* or without a terminal."""
+def progress_bar(*, quiet: bool = False) -> Iterator[BarProgress]:
+    """Bars on stderr for the ``with`` block; silent with *quiet* or when stderr is not a
+    terminal."""
     console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        yield NoTransfers()
-        return
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
+        TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=quiet or not console.is_terminal,
     )
     with bar:
-        yield BarTransfers(bar)
-
-
-@contextmanager
-def byte_progress(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A callback advancing a bar on stderr, or None when stderr is not a terminal."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield BarProgress(bar)

@@ -11,7 +11,7 @@ import sys
 import click
 
 from layerfs.cli.common import open_store, root_option
-from layerfs.cli.progress import transfers
+from layerfs.cli.progress import progress_bar
 from layerfs.errors import RegistryError
 from layerfs.lazy.pull import pull_complete, pull_lazy
 from layerfs.registry import Credentials, Options, login, push
@@ -66,7 +66,7 @@ def pull_command(
         raise click.UsageError("--no-prefetch only applies to --lazy")
     wanted = parse_platform(platform_text) if platform_text else None
     store = open_store(root)
-    with transfers(quiet) as progress:
+    with progress_bar(quiet=quiet) as progress:
         options = Options(insecure=insecure, platform=wanted, progress=progress)
         if lazy:
             result = pull_lazy(store, ref, options, prefetch=not no_prefetch)
@@ -88,7 +88,7 @@ def pull_command(
 def push_command(local: str, ref: str, insecure: bool, quiet: bool, root: str | None) -> None:
     """Push the store image LOCAL to REF; prints the manifest digest."""
     store = open_store(root)
-    with transfers(quiet) as progress:
+    with progress_bar(quiet=quiet) as progress:
         result = push(store, local, ref, Options(insecure=insecure, progress=progress))
     if not quiet:
         click.echo(

@@ -20,6 +20,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -27,6 +28,7 @@ from typing import BinaryIO, Protocol
 import httpx
 
 from layerfs.errors import DigestMismatchError, LayerfsError, RegistryError
+from layerfs.progress import NoProgress, Progress, Task, task
 from layerfs.registry.config import (
     Credentials,
     RegistryConfig,
@@ -35,14 +37,7 @@ from layerfs.registry.config import (
 )
 from layerfs.registry.platforms import host_platform, select_manifest
 from layerfs.registry.reference import RemoteReference, parse_remote, registry_endpoint
-from layerfs.registry.transfers import (
-    BodyReader,
-    Cancelled,
-    NoTransfers,
-    Transfers,
-    advancer,
-    run_parallel,
-)
+from layerfs.registry.transfers import BodyReader, Cancelled, run_parallel
 from layerfs.registry.transport import RetryPolicy, Transport
 from layerfs.store.blobs import BlobStore
 from layerfs.store.images import Image
@@ -81,7 +76,7 @@ class Options:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     parallel: int = PARALLEL
     chunk_size: int = CHUNK_SIZE
-    progress: Transfers = field(default_factory=NoTransfers)
+    progress: Progress = field(default_factory=NoProgress)  # one task per blob, keyed by digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,32 +288,35 @@ def fetch_blob(
     repository: str,
     desc: Descriptor,
     blobs: BlobStore,
-    progress: Transfers,
+    progress: Progress,
     stop: threading.Event,
 ) -> None:
-    """Stream one blob into *blobs*, verified; a connection lost midway starts it over."""
+    """Stream one blob into *blobs*, verified; a connection lost midway starts it over
+    (and its progress task with it)."""
     what = f"blob {desc.digest}"
     attempts = transport.retry.attempts
-    progress.begin(desc.digest, desc.digest[7:19], desc.size)
-    try:
-        for attempt in range(attempts):
-            try:
-                with transport.stream("GET", f"/v2/{repository}/blobs/{desc.digest}") as response:
-                    body = BodyReader(response.iter_bytes(), desc.size, what, stop)
-                    stream = io.BufferedReader(body, 1 << 20)
-                    blobs.put(stream, desc.digest, desc.size, advancer(progress, desc.digest))
-                    return
-            except httpx.TransportError as exc:
-                if attempt + 1 >= attempts:
-                    raise RegistryError(
-                        f"{what}: connection lost after {attempts} attempts ({exc})",
-                        temporary=True,
-                    ) from exc
-                transport.wait_retry(attempt, f"{what}: {exc}")
-                progress.end(desc.digest)  # start the bar over with the download
-                progress.begin(desc.digest, desc.digest[7:19], desc.size)
-    finally:
-        progress.end(desc.digest)
+    for attempt in range(attempts):
+        try:
+            with (
+                _blob_task(progress, desc) as report,
+                transport.stream("GET", f"/v2/{repository}/blobs/{desc.digest}") as response,
+            ):
+                body = BodyReader(response.iter_bytes(), desc.size, what, stop)
+                stream = io.BufferedReader(body, 1 << 20)
+                blobs.put(stream, desc.digest, desc.size, report)
+                return
+        except httpx.TransportError as exc:
+            if attempt + 1 >= attempts:
+                raise RegistryError(
+                    f"{what}: connection lost after {attempts} attempts ({exc})",
+                    temporary=True,
+                ) from exc
+            transport.wait_retry(attempt, f"{what}: {exc}")
+
+
+def _blob_task(progress: Progress, desc: Descriptor) -> AbstractContextManager[Task]:
+    """The progress task of moving blob *desc*: keyed by its digest, named by its short id."""
+    return task(progress, desc.digest[7:19], desc.size, key=desc.digest)
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -424,19 +422,20 @@ class _Pusher:
             self.mounted.append(desc.digest)
             return
         location = _location(response, start)
-        self.opts.progress.begin(desc.digest, desc.digest[7:19], desc.size)
-        try:
-            with self.blobs.open(desc.digest) as stream:
-                if desc.size <= self.opts.chunk_size:
-                    self._finish(location, desc, stream.read())
-                else:
-                    self._chunks(location, desc, stream, stop)
-        finally:
-            self.opts.progress.end(desc.digest)
+        with _blob_task(self.opts.progress, desc) as report, self.blobs.open(desc.digest) as stream:
+            if desc.size <= self.opts.chunk_size:
+                self._finish(location, desc, stream.read(), report)
+            else:
+                self._chunks(location, desc, stream, stop, report)
         self.uploaded.append(desc.digest)
 
     def _chunks(
-        self, location: str, desc: Descriptor, stream: BinaryIO, stop: threading.Event
+        self,
+        location: str,
+        desc: Descriptor,
+        stream: BinaryIO,
+        stop: threading.Event,
+        report: Task,
     ) -> None:
         offset = 0
         while chunk := stream.read(self.opts.chunk_size):
@@ -450,14 +449,14 @@ class _Pusher:
             response = self._send("PATCH", location, 202, headers, chunk)
             location = _location(response, location)
             offset += len(chunk)
-            self.opts.progress.advance(desc.digest, len(chunk))
-        self._finish(location, desc, b"")
+            report.advance(len(chunk))
+        self._finish(location, desc, b"", report)
 
-    def _finish(self, location: str, desc: Descriptor, data: bytes) -> None:
+    def _finish(self, location: str, desc: Descriptor, data: bytes, report: Task) -> None:
         url = httpx.URL(self.transport.url(location)).copy_add_param("digest", desc.digest)
         headers = {"Content-Type": "application/octet-stream"}
         self._send("PUT", str(url), 201, headers, data)
-        self.opts.progress.advance(desc.digest, len(data))
+        report.advance(len(data))
 
     def _send(
         self, method: str, url: str, status: int, headers: dict[str, str], data: bytes

@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple
 
 from layerfs import privilege
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
+from layerfs.progress import Progress, Task, task
 from layerfs.store import archive, bundle, gc
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.containers import Container, ContainerStore
@@ -43,7 +44,6 @@ from layerfs.store.lock import StoreLock
 from layerfs.store.mounts import MountRequest, image_view, image_volumes, plan_mounts
 from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
 from layerfs.store.partial import LazyStore, RemoteBlobs
-from layerfs.store.progress import NoProgress, Progress
 from layerfs.store.refs import (
     Reference,
     parse_reference,
@@ -324,12 +324,12 @@ class Store:
         Each layer is unpacked once per store (``layers/<diff_id hex>``) and shared.
         """
         dirs = [
-            self._ensure_layer(desc, diff_id, progress or NoProgress())
+            self._ensure_layer(desc, diff_id, progress)
             for desc, diff_id in zip(image.layers, image.diff_ids, strict=True)
         ]
         return dirs[::-1]
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress) -> Path:
+    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress | None) -> Path:
         target = self.layout.layer_dir(diff_id)
         if target.is_dir():
             return target
@@ -337,15 +337,15 @@ class Store:
         with self.writing():
             if target.is_dir():  # another process unpacked it while we waited for the lock
                 return target
-            progress.phase(f"unpacking {diff_id[7:19]}", desc.size)
-            with self._staging("layer-") as staging:
+            unpacking = task(progress, f"unpacking {diff_id[7:19]}", desc.size)
+            with self._staging("layer-") as staging, unpacking as report:
                 result = apply_layer(
                     self.blobs.path(desc.digest),
                     staging / "layer",
                     options=ApplyOptions(
                         mode=ApplyMode.LAYER, upper_format=privilege.layer_format()
                     ),
-                    progress=progress.advance,
+                    progress=report,
                 )
                 _check_applied(desc, diff_id, result)
                 os.rename(staging / "layer", target)
@@ -370,16 +370,15 @@ class Store:
         image = self.resolve(ref)
         target = Path(dest)
         target.mkdir(parents=True, exist_ok=True)
-        report = progress or NoProgress()
         self.ensure_image(image)
         for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
-            report.phase(f"applying {diff_id[7:19]}", desc.size)
-            result = apply_layer(
-                self.blobs.path(desc.digest),
-                target,
-                options=ApplyOptions(mode=ApplyMode.ROOTFS),
-                progress=report.advance,
-            )
+            with task(progress, f"applying {diff_id[7:19]}", desc.size) as report:
+                result = apply_layer(
+                    self.blobs.path(desc.digest),
+                    target,
+                    options=ApplyOptions(mode=ApplyMode.ROOTFS),
+                    progress=report,
+                )
             _check_applied(desc, diff_id, result)
         return image
 
@@ -402,12 +401,11 @@ class Store:
         image is imported untagged (see ``docs/images.md``).
         """
         source_path = Path(path)
-        report = progress or NoProgress()
         with self.writing():
             new_tag = parse_tagged(ref).tagged if ref is not None else None
-            with open_source(source_path, self.layout.tmp_dir) as source:
-                report.phase(f"importing {source_path.name}", None)
-                imported = archive.import_source(self.blobs, source, report.advance, ref_name)
+            importing = task(progress, f"importing {source_path.name}", None)
+            with open_source(source_path, self.layout.tmp_dir) as source, importing as report:
+                imported = archive.import_source(self.blobs, source, report, ref_name)
             if new_tag is not None and len(imported) != 1:
                 raise StoreError(
                     f"{source_path}: holds {len(imported)} images; a name needs one"
@@ -443,14 +441,16 @@ class Store:
         )
         target = Path(dest)
         self.ensure_image(image)
-        (progress or NoProgress()).phase(f"exporting {image.short_id}", image.size)
-        if format == "oci":
-            archive.export_oci(self.blobs, image, names, target)
-        elif format == "docker-archive":
-            with self.writing():
-                archive.export_docker_archive(self.blobs, image, names, target, self.layout.tmp_dir)
-        else:
-            raise StoreError(f"unknown export format {format!r}")
+        with task(progress, f"exporting {image.short_id}", image.size):
+            if format == "oci":
+                archive.export_oci(self.blobs, image, names, target)
+            elif format == "docker-archive":
+                with self.writing():
+                    archive.export_docker_archive(
+                        self.blobs, image, names, target, self.layout.tmp_dir
+                    )
+            else:
+                raise StoreError(f"unknown export format {format!r}")
         return image
 
     # -- new images ------------------------------------------------------------------------
@@ -469,7 +469,7 @@ class Store:
         upper: Path,
         lowers: Sequence[Path],
         options: CreateOptions,
-        progress: Progress,
+        progress: Task,
     ) -> tuple[Descriptor, Digest]:
         fd, name = tempfile.mkstemp(prefix="new-layer-", dir=self.layout.tmp_dir)
         path = Path(name)
@@ -480,7 +480,7 @@ class Store:
                     out,
                     lowers=tuple(lowers),
                     options=options,
-                    progress=progress.advance,
+                    progress=progress,
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -505,19 +505,18 @@ class Store:
         entry (``comment`` = *message*). The container's mount paths are left out of the
         layer. Commit a container that is not being written to.
         """
-        report = progress or NoProgress()
         with self.writing():
             box = container if isinstance(container, Container) else self.container(container)
             tagged = parse_tagged(new_ref).tagged
             base = self._image(box.image)
-            lowers = self.layer_dirs(base, report)
-            report.phase(f"committing {box.name}", None)
+            lowers = self.layer_dirs(base, progress)
             options = CreateOptions(
                 compression=compression,
                 level=ZSTD_LEVEL,
                 exclude=frozenset(m.path for m in box.mounts),
             )
-            layer, diff_id = self._write_layer(box.upper, lowers, options, report)
+            with task(progress, f"committing {box.name}", None) as report:
+                layer, diff_id = self._write_layer(box.upper, lowers, options, report)
             config = config_with_layer(
                 base.config, diff_id, created_by=f"layerfs commit {box.name}", comment=message
             )
@@ -534,14 +533,13 @@ class Store:
         progress: Progress | None = None,
     ) -> Image:
         """A new single-layer image with the flattened content of *ref*, tagged *new_ref*."""
-        report = progress or NoProgress()
         with self.writing():
             tagged = parse_tagged(new_ref).tagged
             with self._staging("squash-") as staging:
-                base = self.unpack(ref, staging / "rootfs", report)
-                report.phase(f"squashing {base.short_id}", None)
+                base = self.unpack(ref, staging / "rootfs", progress)
                 options = CreateOptions(compression=compression, level=ZSTD_LEVEL)
-                layer, diff_id = self._write_layer(staging / "rootfs", (), options, report)
+                with task(progress, f"squashing {base.short_id}", None) as report:
+                    layer, diff_id = self._write_layer(staging / "rootfs", (), options, report)
             config = config_squashed(base.config, diff_id, created_by=f"layerfs squash {ref}")
             desc = self._store_image(base, config, [layer])
             self._set_tag(desc, tagged)

@@ -16,6 +16,7 @@ from layerfs.store.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MA
 from layerfs.store.store import Store, default_root
 from layerfs.tar import ChangeKind, Compression
 from layerfs.whiteout import UpperFormat
+from tests.progress import RecordingProgress
 from tests.userns import python_as_namespace_root
 
 from .builders import BASE, TOP, E, Image, sha, write_oci_layout
@@ -85,6 +86,22 @@ def test_layer_dirs_are_shared_and_in_lower_format(store: Store, imported: dict[
     assert os.stat(bottom / "bin" / "ash").st_ino == os.stat(bottom / "bin" / "sh").st_ino
     assert os.readlink(bottom / "link") == "etc/passwd"
     assert list(store.layout.tmp_dir.iterdir()) == []
+
+
+def test_long_operations_report_through_the_progress_protocol(store: Store, tmp_path: Path) -> None:
+    write_oci_layout(tmp_path / "src", [Image("app:1", [BASE, TOP])])
+    recorder = RecordingProgress()
+    store.import_path(tmp_path / "src", progress=recorder)
+    image = store.resolve("app:1")
+    layer_bytes = sum(d.size for d in image.layers)
+    assert recorder.tasks["importing src"].done == layer_bytes
+    store.layer_dirs(image, recorder)
+    for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
+        unpacking = recorder.tasks[f"unpacking {diff_id[7:19]}"]
+        assert unpacking.total == desc.size and unpacking.done == desc.size
+    store.unpack("app:1", tmp_path / "rootfs", recorder)
+    assert sum(recorder.tasks[f"applying {d[7:19]}"].done for d in image.diff_ids) == layer_bytes
+    assert recorder.all_ended()
 
 
 def test_unpack_flattens(store: Store, imported: dict[str, str], tmp_path: Path) -> None:
