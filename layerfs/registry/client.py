@@ -2,9 +2,10 @@
 
 A **pull** fetches the manifest by tag or digest (an index or manifest list is narrowed to
 one platform), then the config and layer blobs the store lacks, several at once, each streamed
-into :meth:`BlobStore.put` so it is verified against its digest and size and appears in the
-store only complete; then the manifest itself, unchanged (so the image id is the registry's
-manifest digest); then the tag. Mirrors of the registry are tried first, in order.
+into the store's :class:`~layerfs.store.ingest.Ingest` so it is verified against its digest
+and size and appears in the store only complete; then the manifest itself, unchanged (so the
+image id is the registry's manifest digest); then the tag, all under the store's write lock.
+Mirrors of the registry are tried first, in order.
 
 A **push** sends each layer the registry lacks (``HEAD`` first; a cross-repository mount when
 the same registry is known to hold the blob in another repository; else ``POST`` then one
@@ -39,8 +40,8 @@ from layerfs.registry.platforms import host_platform, select_manifest
 from layerfs.registry.reference import RemoteReference, parse_remote, registry_endpoint
 from layerfs.registry.transfers import BodyReader, Cancelled, run_parallel
 from layerfs.registry.transport import RetryPolicy, Transport
-from layerfs.store.blobs import BlobStore
 from layerfs.store.images import Image
+from layerfs.store.ingest import Ingest
 from layerfs.store.oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -205,8 +206,8 @@ def _pull_from(
             raise DigestMismatchError(f"{remote}: manifest {chosen.digest} hashes to {digest}")
     manifest = Manifest.from_bytes(data, f"manifest {digest} of {remote}")
     wanted_blobs = _unique([manifest.config, *manifest.layers])
-    with store.writing():
-        missing = [d for d in wanted_blobs if not store.blobs.exists(d.digest)]
+    with store.ingest() as ingest:
+        missing = ingest.missing(wanted_blobs)
         deferred = [d for d in missing if partial is not None and d != manifest.config]
         for layer in deferred:
             assert partial is not None
@@ -214,9 +215,9 @@ def _pull_from(
         missing = [d for d in missing if d not in deferred]
         run_parallel(
             opts.parallel,
-            [_blob_fetcher(transport, remote.repository, d, store.blobs, opts) for d in missing],
+            [_blob_fetcher(transport, remote.repository, d, ingest, opts) for d in missing],
         )
-        store.blobs.put_bytes(data, digest)
+        ingest.put_bytes(data, digest)
         name = remote.local_name if remote.tag is not None else None
         image = store.add_image(Descriptor(manifest.media_type, digest, len(data)), name)
     fetched = tuple(d.digest for d in missing)
@@ -275,10 +276,10 @@ class _UploadInterrupted(Exception):
 
 
 def _blob_fetcher(
-    transport: Transport, repository: str, desc: Descriptor, blobs: BlobStore, opts: Options
+    transport: Transport, repository: str, desc: Descriptor, ingest: Ingest, opts: Options
 ) -> Callable[[threading.Event], None]:
     def fetch(stop: threading.Event) -> None:
-        fetch_blob(transport, repository, desc, blobs, opts.progress, stop)
+        fetch_blob(transport, repository, desc, ingest, opts.progress, stop)
 
     return fetch
 
@@ -287,12 +288,12 @@ def fetch_blob(
     transport: Transport,
     repository: str,
     desc: Descriptor,
-    blobs: BlobStore,
+    ingest: Ingest,
     progress: Progress,
     stop: threading.Event,
 ) -> None:
-    """Stream one blob into *blobs*, verified; a connection lost midway starts it over
-    (and its progress task with it)."""
+    """Stream one blob into the store through *ingest*, verified; a connection lost midway
+    starts it over (and its progress task with it)."""
     what = f"blob {desc.digest}"
     attempts = transport.retry.attempts
     for attempt in range(attempts):
@@ -303,7 +304,7 @@ def fetch_blob(
             ):
                 body = BodyReader(response.iter_bytes(), desc.size, what, stop)
                 stream = io.BufferedReader(body, 1 << 20)
-                blobs.put(stream, desc.digest, desc.size, report)
+                ingest.put(stream, desc, report)
                 return
         except httpx.TransportError as exc:
             if attempt + 1 >= attempts:
@@ -341,11 +342,11 @@ def push(store: Store, local: str, ref: str, options: Options | None = None) -> 
         transport.auth.add_scope(f"repository:{remote.repository}:pull,push")
         for repo in sorted(set(sources.values())):
             transport.auth.add_scope(f"repository:{repo}:pull")
-        pusher = _Pusher(transport, remote.repository, store.blobs, opts, sources)
+        pusher = _Pusher(transport, remote.repository, store, opts, sources)
         layers = _unique(image.layers)
         run_parallel(opts.parallel, [pusher.job(d) for d in layers])
         pusher.push_blob(image.manifest.config, threading.Event())
-        digest = _put_manifest(transport, remote, store.blobs.get(image.digest), image)
+        digest = _put_manifest(transport, remote, store.read_blob(image.digest), image)
     return PushResult(
         digest, remote, tuple(pusher.uploaded), tuple(pusher.mounted), tuple(pusher.present)
     )
@@ -378,13 +379,13 @@ class _Pusher:
         self,
         transport: Transport,
         repository: str,
-        blobs: BlobStore,
+        store: Store,
         opts: Options,
         sources: dict[Digest, str],
     ) -> None:
         self.transport = transport
         self.repository = repository
-        self.blobs = blobs
+        self.store = store
         self.opts = opts
         self.sources = sources
         self.uploaded: list[Digest] = []
@@ -422,7 +423,10 @@ class _Pusher:
             self.mounted.append(desc.digest)
             return
         location = _location(response, start)
-        with _blob_task(self.opts.progress, desc) as report, self.blobs.open(desc.digest) as stream:
+        with (
+            _blob_task(self.opts.progress, desc) as report,
+            self.store.open_blob(desc.digest) as stream,
+        ):
             if desc.size <= self.opts.chunk_size:
                 self._finish(location, desc, stream.read(), report)
             else:

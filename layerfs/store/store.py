@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from layerfs import privilege
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
@@ -39,11 +39,12 @@ from layerfs.store.images import (
     without_digest,
     without_tag,
 )
+from layerfs.store.ingest import Ingest
 from layerfs.store.layout import ImageLayout
 from layerfs.store.lock import StoreLock
 from layerfs.store.mounts import MountRequest, image_view, image_volumes, plan_mounts
 from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
-from layerfs.store.partial import LazyStore, RemoteBlobs
+from layerfs.store.partial import LazyRecord, LazyStore, RemoteBlobs
 from layerfs.store.refs import (
     Reference,
     parse_reference,
@@ -155,6 +156,36 @@ class Store:
         """Hold the store's write lock (re-entrant) for a sequence of changes."""
         with self._lock.held():
             yield
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def ingest(self) -> Iterator[Ingest]:
+        """Hold the write lock while blobs of a new image arrive (see :mod:`~.ingest`).
+
+        The :class:`Ingest` works from any thread until the block ends; record the image with
+        :meth:`add_image` inside the block, from the thread that entered it.
+        """
+        with self.writing():
+            ingest = Ingest(self.blobs)
+            try:
+                yield ingest
+            finally:
+                ingest.closed = True
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob *digest* is in ``blobs/`` (a partial layer's is not)."""
+        return self.blobs.exists(digest)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A stream over the blob *digest* that raises
+        :class:`~layerfs.errors.DigestMismatchError` at its end if the bytes on disk do not
+        hash to it; :class:`NotFoundError` when it is missing."""
+        return self.blobs.open(digest)
+
+    def read_blob(self, digest: str) -> bytes:
+        """The whole blob *digest*, verified (for manifests and configs); see :meth:`open_blob`."""
+        return self.blobs.get(digest)
 
     # -- images ----------------------------------------------------------------------------
 
@@ -306,10 +337,21 @@ class Store:
                 f"`layerfs pull {record.source}` completes it"
             )
         self.remote.complete(self.lazy, record)
+        self.finish_partial(record)
+
+    def finish_partial(self, record: LazyRecord) -> None:
+        """Move the partial layer of *record*, every byte of it fetched, into ``blobs/`` and
+        forget the record (a blob already there is kept as it is).
+
+        Raises :class:`StoreError` when bytes are missing, and :class:`DigestMismatchError`
+        when they do not hash to the layer's digest: the fetched bytes are dropped and the
+        record kept, so the next completion fetches them again.
+        """
+        digest = record.descriptor.digest
         with self.writing():
-            if not self.blobs.exists(desc.digest):
+            if not self.blobs.exists(digest):
                 self.lazy.partial(record.descriptor).finish(self.blobs)
-            self.lazy.forget(desc.digest)
+            self.lazy.forget(digest)
 
     def ensure_image(self, image: Image) -> None:
         """Make every layer blob of *image* local (see :meth:`ensure_blob`)."""
