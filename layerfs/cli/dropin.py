@@ -98,16 +98,16 @@ def parse_args(argv: list[str]) -> DropinCall:
 def run(argv: list[str]) -> int:
     """Mount as *argv* asks; 0 once mounted (or unmounted again with ``-f``), else 1 or 2 with
     one line on stderr (a traceback only with ``--debug``)."""
-    from layerfs.cli.mount import mount_stack
+    from fuse_mount import daemon
+    from fuse_mount.options import parse_mount
 
     try:
         call = parse_args(argv)
-        mount_stack(
-            [*default_items(), *call.items],
-            call.mountpoint,
-            fsname=call.source,
-            foreground=call.foreground,
-            debug=call.debug,
+        spec, options = parse_mount([*default_items(), *call.items], fsname=call.source)
+        daemon.mount(
+            daemon.MountRequest(
+                spec, options, call.mountpoint, foreground=call.foreground, debug=call.debug
+            )
         )
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -51,12 +51,14 @@ def parse_args(argv: list[str]) -> tuple[str, Path, list[str], bool]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 once mounted, 1 with a one-line message otherwise."""
-    from layerfs.cli.mount import mount_stack
+    from fuse_mount import daemon
+    from fuse_mount.options import parse_mount
 
     try:
         source, mountpoint, items, fake = parse_args(sys.argv[1:] if argv is None else argv)
         if not fake:
-            mount_stack([*default_items(), *items], mountpoint, fsname=source)
+            spec, options = parse_mount([*default_items(), *items], fsname=source)
+            daemon.mount(daemon.MountRequest(spec, options, mountpoint))
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
