@@ -40,7 +40,6 @@ ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 LAYER_TYPES = frozenset(
     {
         OCI_LAYER,
@@ -143,9 +142,6 @@ class Descriptor:
     def ref_name(self) -> str | None:
         """The ``org.opencontainers.image.ref.name`` annotation, if any."""
         return self.annotations.get(ANNOTATION_REF_NAME)
-
-    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
-        return replace(self, annotations=dict(annotations))
 
 
 def _platform(obj: Any) -> Platform | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -65,8 +64,6 @@ from layerfs.tar import (
     diff_changes,
 )
 from layerfs.types import Digest
-
-log = logging.getLogger(__name__)
 
 ROOT_ENV = "LAYERFS_ROOT"
 SYSTEM_ROOT = Path("/var/lib/layerfs")
