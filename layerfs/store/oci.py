@@ -86,6 +86,14 @@ def load_json(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def _load_document(data: bytes, what: str) -> dict[str, Any]:
+    """A manifest or index: a JSON object with ``schemaVersion`` 2 (:class:`StoreError`)."""
+    obj = load_json(data, what)
+    if obj.get("schemaVersion") != 2:
+        raise StoreError(f"{what}: schemaVersion must be 2")
+    return obj
+
+
 @dataclass(frozen=True, slots=True)
 class Platform:
     """The ``platform`` of an index entry."""
@@ -165,9 +173,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "manifest") -> Manifest:
-        obj = load_json(data, what)
-        if obj.get("schemaVersion") != 2:
-            raise StoreError(f"{what}: schemaVersion must be 2")
+        obj = _load_document(data, what)
         media_type = obj.get("mediaType", OCI_MANIFEST)
         if media_type not in MANIFEST_TYPES:
             raise StoreError(f"{what}: not an image manifest ({media_type})")
@@ -207,9 +213,7 @@ class Index:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "index") -> Index:
-        obj = load_json(data, what)
-        if obj.get("schemaVersion") != 2:
-            raise StoreError(f"{what}: schemaVersion must be 2")
+        obj = _load_document(data, what)
         manifests = obj.get("manifests")
         if not isinstance(manifests, list):
             raise StoreError(f"{what}: manifests must be a list")
