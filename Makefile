@@ -53,7 +53,7 @@ install-helper: | $(STAMP)
 	$(SUDO) ln -sf "$(CURDIR)/$(VENV)/bin/mount.fuse.layerfs" /sbin/mount.fuse.layerfs
 
 demo: $(STAMP)
-	$(PY) -m layerfs.demo
+	$(PY) -m layerfs.cli.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check layerfs fuse_mount tests benchmarks

@@ -23,6 +23,8 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerfs.options import format_lowerdir
+
 MOUNT_TIMEOUT = 30.0  # seconds to wait for a FUSE mount to appear
 UNMOUNT_RETRIES = 10
 RETRY_DELAY = 0.2  # seconds
@@ -154,7 +156,7 @@ class Layerfs(System):
     @contextmanager
     def mount(self, spec: MountSpec, target: Path) -> Iterator[Mounted]:
         argv = [*layerfs_command(), "mount", "-o", f"backend={self.backend}"]
-        argv += ["--lower", ":".join(str(p) for p in spec.lowers)]
+        argv += ["--lower", format_lowerdir(spec.lowers)]
         if spec.upper is not None and spec.work is not None:
             argv += ["--upper", str(spec.upper), "--work", str(spec.work)]
         umount = [*layerfs_command(), "umount"]

@@ -18,17 +18,17 @@ import stat
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fuse_mount import mountinfo
-from layerfs import privilege
-from layerfs.errors import ConfigError, LayerfsError
+from layerfs import Stack, privilege
+from layerfs.errors import ConfigError, LayerfsError, describe_error
+from layerfs.options import StackSpec, format_mount_options
 
 if TYPE_CHECKING:
     from fuse_mount.options import MountOptions
-    from layerfs import Stack
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,12 @@ LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 @dataclass(frozen=True, slots=True)
 class MountRequest:
-    """Everything ``layerfs mount`` and ``mount.fuse.layerfs`` were asked to do."""
+    """One mount as asked for, its options read once where it was asked for: the stack, the
+    FUSE and adapter options, where, and how the daemon runs."""
 
-    mountpoint: Path
+    spec: StackSpec
     options: MountOptions
+    mountpoint: Path
     foreground: bool = False
     debug: bool = False
     log_file: Path | None = None
@@ -72,6 +74,21 @@ def check_fuse_device() -> None:
         raise ConfigError(f"no {FUSE_DEVICE}: load the fuse module or pass the device in")
     if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
         raise ConfigError(f"cannot open {FUSE_DEVICE}: permission denied")
+
+
+def mount(request: MountRequest) -> None:
+    """Check and assemble the stack of *request* here, then serve it (:func:`start`).
+
+    Every check runs in the calling process, before anything is forked, so a mistake (no
+    FUSE device, a mount point missing or in use, a lower that is not a directory) raises
+    :class:`ConfigError` (or another :class:`LayerfsError`) with a one-line message here.
+    """
+    check_fuse_device()
+    ensure_runtime_dir()
+    resolved = check_mountpoint(request.mountpoint)
+    stack = Stack.from_spec(request.spec)
+    log_file = request.log_file.absolute() if request.log_file else None
+    start(replace(request, mountpoint=resolved, log_file=log_file), stack)
 
 
 def start(request: MountRequest, stack: Stack) -> None:
@@ -133,6 +150,7 @@ def _serve(request: MountRequest, stack: Stack, ready_fd: int | None) -> None:
             readiness.sent = True
 
     readiness.sent = False
+    log.info("serving %s on %s", format_mount_options(request.spec), request.mountpoint)
     try:
         with stack:
             serve(stack, request.mountpoint, request.options, on_ready=on_ready)
@@ -144,7 +162,7 @@ def _report_failure(exc: BaseException, ready_fd: int | None) -> None:
     """Log the failure and, before "ready" was sent, tell the parent in one line."""
     exc = _innermost(exc)
     if isinstance(exc, (LayerfsError, OSError)):
-        message = str(exc) if isinstance(exc, LayerfsError) else describe_oserror(exc)
+        message = describe_error(exc)
     else:
         message = f"mount daemon failed: {exc!r}"
         log.error("mount daemon failed\n%s", traceback.format_exc())
@@ -159,14 +177,6 @@ def _innermost(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-def describe_oserror(exc: OSError) -> str:
-    """``strerror: path`` (and ``-> path2``): the repr of an OSError hides which path."""
-    where = f": {exc.filename}" if exc.filename else ""
-    if exc.filename2:
-        where += f" -> {exc.filename2}"
-    return f"{exc.strerror or exc}{where}"
 
 
 def _redirect_stdio(log_file: Path | None) -> None:
@@ -243,7 +253,7 @@ def write_pidfile(path: Path) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise DaemonError(f"cannot write the pid file: {describe_oserror(exc)}") from exc
+        raise DaemonError(f"cannot write the pid file: {describe_error(exc)}") from exc
 
 
 def remove_own_pidfile(path: Path) -> None:

@@ -4,18 +4,23 @@ A layerfs mount accepts the option syntax of ``mount -t overlay`` (``lowerdir=A:
 workdir=W``) mixed with FUSE options (``allow_other``, ``fsname=``) and the generic options
 mount(8) and /etc/fstab pass along (``rw``, ``noatime``, ``nofail``...), and the options
 containers-storage passes to fuse-overlayfs (id mappings for :mod:`fuse_mount.idmap`, an
-SELinux ``context=``, ``fsync=``...). The stack options are handed to the core unparsed; this
-module only decides who owns each option, so no option is silently dropped unless it is on
-one of the ignore lists below.
+SELinux ``context=``, ``fsync=``...). :func:`sort_mount_options` decides who owns each option
+and reads the FUSE and adapter ones into :class:`MountOptions`; the stack's own are read by
+:mod:`layerfs.options`. :func:`parse_mount` does both, once, where a mount is asked for, and
+no option is silently dropped unless it is on one of the ignore lists below.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from fuse_mount.attrs import Timeouts
 from fuse_mount.idmap import IdMap, build_idmap
 from layerfs.errors import ConfigError
+from layerfs.options import StackSpec, parse_option_items
+from layerfs.privilege import is_privileged
 
 # Passed to libfuse as they are: FUSE options and the generic flags libfuse turns into
 # mount(2) flags. libfuse itself adds nosuid,nodev unless suid / dev are given.
@@ -99,9 +104,8 @@ DEFAULT_BACKEND = "native"  # the faster one: docs/mount.md and docs/performance
 
 @dataclass(frozen=True, slots=True)
 class MountOptions:
-    """What one mount was asked for, split by the party that consumes each option."""
+    """The FUSE and adapter options of one mount (its stack is a :class:`StackSpec`)."""
 
-    stack_options: tuple[str, ...]
     fuse_options: frozenset[str]
     readonly: bool
     timeouts: Timeouts
@@ -111,17 +115,51 @@ class MountOptions:
     passthrough: bool = True  # native backend, as root: file I/O bypasses the daemon
     idmap: IdMap | None = None
 
-    @property
-    def stack_option_string(self) -> str:
-        """The overlay-style option string for :meth:`layerfs.Stack.from_mount_options`."""
-        return ",".join(self.stack_options)
+    def as_readonly(self) -> MountOptions:
+        """These options with ``ro`` given last (a stack without an upper mounts so)."""
+        fuse = (self.fuse_options - {"rw"}) | {"ro"}
+        return replace(self, fuse_options=fuse, readonly=True)
 
 
-def parse_mount_options(items: list[str], *, fsname: str | None = None) -> MountOptions:
-    """Sort option *items* into stack, FUSE and adapter options.
+def parse_mount(
+    items: Iterable[str],
+    *,
+    lowers: Sequence[Path] = (),
+    upper: Path | None = None,
+    work: Path | None = None,
+    fsname: str | None = None,
+    privileged: bool | None = None,
+) -> tuple[StackSpec, MountOptions]:
+    """Read the option *items* of one mount into its stack and its FUSE/adapter options.
 
-    Raises :class:`ConfigError` for a malformed adapter option; the stack validates its own.
+    *lowers*, *upper* and *work* are layers given apart from the options (see
+    :func:`layerfs.options.parse_option_items`); *fsname* is the mount's source. The upper
+    format follows *privileged*, by default whether this process has real privilege
+    (:func:`layerfs.privilege.is_privileged`). A stack without an upper mounts read-only.
+    Raises :class:`ConfigError` for an option nobody takes or a malformed one.
     """
+    options, stack_items = sort_mount_options(items, fsname=fsname)
+    if privileged is None:
+        privileged = is_privileged()
+    spec, unknown = parse_option_items(
+        stack_items, privileged=privileged, lowers=lowers, upper=upper, work=work
+    )
+    if unknown:
+        raise ConfigError(f"unknown mount option: {','.join(unknown)}")
+    if spec.upper is None and not options.readonly:
+        options = options.as_readonly()
+    return spec, options
+
+
+def sort_mount_options(
+    items: Iterable[str], *, fsname: str | None = None
+) -> tuple[MountOptions, list[str]]:
+    """Read the FUSE and adapter options among *items*; return them and the rest, in order,
+    for the stack (fuse-overlayfs's ``fsync=0`` becomes the stack's ``volatile``).
+
+    Raises :class:`ConfigError` for a malformed adapter option; the stack reads its own.
+    """
+    items = list(items)
     stack: list[str] = []
     fuse: set[str] = {"default_permissions"}
     adapter: dict[str, str] = {}
@@ -145,8 +183,7 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
     if "ro" in fuse:
         fuse.discard("rw")
     fuse.update(f"{key}={_fuse_value(key, value)}" for key, value in valued.items())
-    return MountOptions(
-        stack_options=tuple(stack),
+    options = MountOptions(
         fuse_options=frozenset(fuse),
         readonly="ro" in fuse,
         timeouts=_timeouts(adapter),
@@ -156,6 +193,7 @@ def parse_mount_options(items: list[str], *, fsname: str | None = None) -> Mount
         passthrough=_choice(adapter, "passthrough", ("on", "off"), "on") == "on",
         idmap=build_idmap(ids, squash_to_root="squash_to_root" in items),
     )
+    return options, stack
 
 
 def _ignored(item: str) -> bool:

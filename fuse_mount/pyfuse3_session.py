@@ -49,7 +49,7 @@ def serve(
         stack, timeouts=options.timeouts, threads=options.threads, idmap=options.idmap
     )
     _init_session(operations, mountpoint, options)
-    log.info("mounted %s on %s", options.stack_option_string, mountpoint)
+    log.info("mounted %s", mountpoint)
     try:
         trio.run(_main_loop, options, on_ready)
     finally:

@@ -310,6 +310,6 @@ def serve(
     """Mount *stack* with the native backend and serve it (see :func:`fuse_mount.mount.serve`)."""
     session = Session(stack, mountpoint, options)
     session.mount()
-    log.info("mounted %s on %s (native)", options.stack_option_string, mountpoint)
+    log.info("mounted %s (native)", mountpoint)
     session.run(on_ready)
     log.info("unmounted %s", mountpoint)

@@ -73,3 +73,17 @@ class RegistryError(LayerfsError):
     def __init__(self, message: str, *, temporary: bool = False) -> None:
         super().__init__(message)
         self.temporary = temporary
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an expected failure, as the command line and the mount daemon print it.
+
+    An ``OSError`` gives ``strerror: path`` (and ``-> path2``), which its ``repr`` hides; any
+    other error its message, or its class name when it has none.
+    """
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        if exc.filename2:
+            where += f" -> {exc.filename2}"
+        return f"{exc.strerror or exc}{where}"
+    return str(exc) or type(exc).__name__

@@ -1,10 +1,15 @@
-"""Stack options and the overlay mount-option syntax (``lowerdir=A:B,upperdir=U,workdir=W``)."""
+"""Stack options and the overlay mount-option syntax (``lowerdir=A:B,upperdir=U,workdir=W``).
+
+The one place that knows the syntax, both ways: splitting an option list and a ``lowerdir=``
+value (with ``\\``-escapes), reading items into a :class:`StackSpec`, and formatting a spec or
+a list of lowers back into options that read the same.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +75,30 @@ WHITEOUT_STYLES = {style.value: style for style in WhiteoutStyle}
 
 
 def parse_mount_options(text: str, *, privileged: bool = True) -> tuple[StackSpec, list[str]]:
-    """Split overlay options into a :class:`StackSpec` and the remaining (FUSE) options.
+    """Split an overlay option string into a :class:`StackSpec` and the remaining options.
+
+    *text* is split at unescaped commas (:func:`split_option_list`), then read as
+    :func:`parse_option_items` reads a list.
+    """
+    return parse_option_items(split_option_list(text), privileged=privileged)
+
+
+def parse_option_items(
+    items: Iterable[str],
+    *,
+    privileged: bool = True,
+    lowers: Sequence[Path] = (),
+    upper: Path | None = None,
+    work: Path | None = None,
+) -> tuple[StackSpec, list[str]]:
+    """Read overlay options (already split) into a :class:`StackSpec`; return the rest too.
 
     Understands ``lowerdir`` (``:``-separated, top-most first, ``\\:`` escapes a colon),
     ``upperdir``, ``workdir``, ``userxattr``, ``whiteout=chardev|wh-file``,
     ``metacopy=on|off`` and ``volatile``; everything else is returned untouched, in order.
+    *lowers*, *upper* and *work* are layers given apart from the options (``--lower``, a
+    container of the store): ``lowerdir=`` adds lowers below them, ``upperdir=`` and
+    ``workdir=`` replace them.
 
     The upper format is the kernel's privileged form (``trusted.overlay.*`` xattrs, 0/0
     character-device whiteouts) unless the options or *privileged* say otherwise.
@@ -84,17 +108,16 @@ def parse_mount_options(text: str, *, privileged: bool = True) -> tuple[StackSpe
     directory can make them and ``.wh.`` files elsewhere; ``whiteout=`` overrides either
     choice. Raises :class:`ConfigError` for a bad ``whiteout=`` or ``metacopy=`` value.
     """
-    lowers: list[Path] = []
-    upper = work = None
+    found = list(lowers)
     user_xattrs = not privileged
     metacopy = False
     whiteouts: WhiteoutStyle | None = None
     volatile = False
     rest: list[str] = []
-    for item in split_option_list(text):
+    for item in items:
         key, _, value = item.partition("=")
         if key == "lowerdir":
-            lowers.extend(Path(p) for p in split_lowerdir(value))
+            found.extend(Path(p) for p in split_lowerdir(value))
         elif key == "upperdir":
             upper = Path(_unescape(value))
         elif key == "workdir":
@@ -117,7 +140,32 @@ def parse_mount_options(text: str, *, privileged: bool = True) -> tuple[StackSpe
         XattrNamespace.USER if user_xattrs else XattrNamespace.TRUSTED, whiteouts
     )
     options = StackOptions(upper_format=upper_format, metacopy=metacopy, volatile=volatile)
-    return StackSpec(tuple(lowers), upper, work, options), rest
+    return StackSpec(tuple(found), upper, work, options), rest
+
+
+def format_mount_options(spec: StackSpec) -> str:
+    """*spec* in the overlay option syntax: what :func:`parse_mount_options` reads back as
+    *spec* (with ``privileged=True``), whatever characters its paths hold.
+
+    ``lowerdir=``, ``upperdir=`` and ``workdir=`` name the layers (paths escaped); the
+    options follow where they differ from the kernel's defaults: ``userxattr``,
+    ``whiteout=wh-file``, ``metacopy=on``, ``volatile``.
+    """
+    items = ["lowerdir=" + format_lowerdir(spec.lowers)]
+    if spec.upper is not None:
+        items.append("upperdir=" + escape_option_value(str(spec.upper)))
+    if spec.work is not None:
+        items.append("workdir=" + escape_option_value(str(spec.work)))
+    upper_format = spec.options.upper_format
+    if upper_format.xattrs is XattrNamespace.USER:
+        items.append("userxattr")
+    if upper_format.whiteouts is not WhiteoutStyle.CHARDEV:
+        items.append(f"whiteout={upper_format.whiteouts.value}")
+    if spec.options.metacopy:
+        items.append("metacopy=on")
+    if spec.options.volatile:
+        items.append("volatile")
+    return ",".join(items)
 
 
 def _on_off(key: str, value: str) -> bool:
@@ -178,25 +226,15 @@ def split_lowerdir(value: str) -> list[str]:
     return split_escaped(value, ":", keep_escapes=False)
 
 
+def format_lowerdir(lowers: Iterable[Path]) -> str:
+    """A ``lowerdir=`` value (and ``--lower`` argument) naming exactly *lowers*, top-most first:
+    :func:`split_lowerdir` reads it back whatever characters the paths hold."""
+    return ":".join(escape_option_value(str(p)) for p in lowers)
+
+
 def escape_option_value(value: str) -> str:
     """Escape a host path for an overlay-style option value (``\\``, ``,`` and ``:``)."""
     return value.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
-
-
-def stack_option_items(
-    lowers: Sequence[Path], upper: Path | None = None, work: Path | None = None
-) -> list[str]:
-    """``lowerdir=``/``upperdir=``/``workdir=`` items naming exactly these directories.
-
-    :func:`parse_mount_options` reads them back as the same paths, whatever characters the
-    paths hold (``:``, ``,`` and ``\\`` are escaped).
-    """
-    items = ["lowerdir=" + ":".join(escape_option_value(str(p)) for p in lowers)]
-    if upper is not None:
-        items.append("upperdir=" + escape_option_value(str(upper)))
-    if work is not None:
-        items.append("workdir=" + escape_option_value(str(work)))
-    return items
 
 
 def _unescape(value: str) -> str:

@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 
 from layerfs import hostfs
-from layerfs.whiteout import WhiteoutStyle
+from layerfs.whiteout import UpperFormat, WhiteoutStyle
 
 UID_MAP = Path("/proc/self/uid_map")
 STATUS = Path("/proc/self/status")
@@ -61,6 +61,17 @@ def is_privileged() -> bool:
     """Whether this process may write ``trusted.*`` xattrs: ``CAP_SYS_ADMIN`` in the initial
     user namespace. False for uid 0 inside a user namespace (rootless podman)."""
     return in_initial_user_namespace() and bool(effective_capabilities() >> CAP_SYS_ADMIN & 1)
+
+
+def layer_format() -> UpperFormat:
+    """How a layer directory this process writes records whiteouts and opaque directories.
+
+    With real privilege, the kernel's form (0/0 character devices, ``trusted.overlay.*``),
+    which kernel overlayfs and layerfs both read; otherwise ``.wh.`` files and
+    ``user.overlay.*``, which layerfs reads. uid 0 of a user namespace gets the second: it can
+    neither write ``trusted.*`` xattrs nor make device nodes.
+    """
+    return UpperFormat() if is_privileged() else UpperFormat.unprivileged()
 
 
 def is_host_root() -> bool:

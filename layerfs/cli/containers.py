@@ -11,16 +11,16 @@ from pathlib import Path
 
 import click
 
-from layerfs.cli.images import (
-    COMPRESSIONS,
+from layerfs.cli.common import (
     compression_option,
     echo_json,
     format_option,
     open_store,
-    progress_bar,
     root_option,
 )
+from layerfs.cli.progress import progress_bar
 from layerfs.store.bundle import write_config
+from layerfs.tar import Compression
 
 _KIND_LETTER = {"ADDED": "A", "CHANGED": "C", "DELETED": "D"}
 
@@ -101,7 +101,7 @@ def commit_cmd(
         image = store.commit(
             container,
             new_ref,
-            compression=COMPRESSIONS[compression],
+            compression=Compression(compression),
             message=message,
             progress=progress,
         )
@@ -120,18 +120,18 @@ def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple
     Entrypoint and Cmd; the container's volumes are bind mounts) and mounts the container
     read-write at DIRECTORY/rootfs through FUSE. Unmount with: layerfs umount DIRECTORY/rootfs
     """
-    from layerfs.cli.mount import mount_stack
-    from layerfs.options import stack_option_items
+    from fuse_mount import daemon
+    from fuse_mount.options import parse_mount
 
     store = open_store(root)
     box = store.container(container)
     config = store.runtime_config(box, list(command) or None)
     lowers, upper, work = store.mount_spec(box.id)
     write_config(directory, config)
-    items = stack_option_items(lowers, upper, work)
-    if config["process"]["user"]["uid"] != os.geteuid():
-        items.append("allow_other")  # FUSE serves only the mounting user otherwise
-    mount_stack(items, directory / "rootfs")
+    # FUSE serves only the mounting user unless allow_other
+    items = ["allow_other"] if config["process"]["user"]["uid"] != os.geteuid() else []
+    spec, options = parse_mount(items, lowers=lowers, upper=upper, work=work)
+    daemon.mount(daemon.MountRequest(spec, options, directory / "rootfs"))
     click.echo(directory)
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerfs.errors import LayerfsError
+from layerfs.errors import LayerfsError, describe_error
 
 PROG = "layerfs"
 USAGE = f"usage: {PROG} [SOURCE] MOUNTPOINT -o OPTIONS [-f] [-d]"
@@ -66,19 +66,27 @@ def default_items() -> list[str]:
     return list(ROOT_DEFAULTS if os.geteuid() == 0 else USER_DEFAULTS)
 
 
-def parse_args(argv: list[str]) -> DropinCall:
-    """Read a FUSE-convention command line; raises :class:`UsageError` for anything else."""
+def option_items(arg: str, rest: Iterator[str]) -> list[str] | None:
+    """The option items of ``-o OPTS`` (OPTS taken from *rest*) or ``-oOPTS``, as libfuse
+    programs and mount(8) helpers take them; ``None`` when *arg* is neither."""
     from layerfs.options import split_option_list
 
+    if arg == "-o":
+        return split_option_list(next(rest, ""))
+    if arg.startswith("-o"):
+        return split_option_list(arg[2:])
+    return None
+
+
+def parse_args(argv: list[str]) -> DropinCall:
+    """Read a FUSE-convention command line; raises :class:`UsageError` for anything else."""
     positional: list[str] = []
     items: list[str] = []
     foreground = debug = False
     args = iter(argv)
     for arg in args:
-        if arg == "-o":
-            items.extend(split_option_list(next(args, "")))
-        elif arg.startswith("-o"):
-            items.extend(split_option_list(arg[2:]))
+        if (given := option_items(arg, args)) is not None:
+            items.extend(given)
         elif arg == "-f":
             foreground = True
         elif arg in ("-d", "--debug"):
@@ -95,33 +103,30 @@ def parse_args(argv: list[str]) -> DropinCall:
     return DropinCall(source, Path(positional[-1]), items, foreground, debug)
 
 
+def mount(call: DropinCall) -> None:
+    """Mount as *call* asks, fuse-overlayfs's implicit options first (:func:`default_items`);
+    returns once the mount is ready. Raises :class:`LayerfsError` or ``OSError``."""
+    from fuse_mount import daemon
+    from fuse_mount.options import parse_mount
+
+    spec, options = parse_mount([*default_items(), *call.items], fsname=call.source)
+    request = daemon.MountRequest(
+        spec, options, call.mountpoint, foreground=call.foreground, debug=call.debug
+    )
+    daemon.mount(request)
+
+
 def run(argv: list[str]) -> int:
     """Mount as *argv* asks; 0 once mounted (or unmounted again with ``-f``), else 1 or 2 with
     one line on stderr (a traceback only with ``--debug``)."""
-    from layerfs.cli.mount import mount_stack
-
     try:
-        call = parse_args(argv)
-        mount_stack(
-            [*default_items(), *call.items],
-            call.mountpoint,
-            fsname=call.source,
-            foreground=call.foreground,
-            debug=call.debug,
-        )
+        mount(parse_args(argv))
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except (LayerfsError, OSError) as exc:
         if "--debug" in argv or "-d" in argv:
             raise
-        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
         return 1
     return 0
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an expected failure: ``strerror: path`` or the error's message."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__

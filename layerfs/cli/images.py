@@ -7,110 +7,22 @@ draw a progress bar on stderr when it is a terminal, and nothing otherwise.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from layerfs.lazy.remote import RegistryRemote
+from layerfs.cli.common import (
+    compression_option,
+    echo_json,
+    format_option,
+    open_store,
+    root_option,
+)
+from layerfs.cli.progress import progress_bar
 from layerfs.store.images import Image
 from layerfs.store.sources import split_source
-from layerfs.store.store import ROOT_ENV, Store
+from layerfs.store.store import Store
 from layerfs.tar import Compression
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-COMPRESSIONS = {"zstd": Compression.ZSTD, "gzip": Compression.GZIP}
-
-
-def root_option(func: F) -> F:
-    """``--root DIR`` (or ``$LAYERFS_ROOT``): which store to use."""
-    return click.option(
-        "--root",
-        type=click.Path(file_okay=False),
-        envvar=ROOT_ENV,
-        default=None,
-        help=f"Store root (default: ${ROOT_ENV}, /var/lib/layerfs as root, "
-        "~/.local/share/layerfs otherwise).",
-    )(func)
-
-
-def format_option(func: F) -> F:
-    """``--format table|json`` for listing commands."""
-    return click.option(
-        "--format",
-        "output",
-        type=click.Choice(["table", "json"]),
-        default="table",
-        show_default=True,
-        help="Output format.",
-    )(func)
-
-
-def compression_option(func: F) -> F:
-    return click.option(
-        "--compression",
-        type=click.Choice(sorted(COMPRESSIONS)),
-        default="zstd",
-        show_default=True,
-        help="Compression of the new layer.",
-    )(func)
-
-
-def open_store(root: str | None) -> Store:
-    """The store, able to complete lazily pulled layers from their registries."""
-    store = Store.open(root)
-    store.remote = RegistryRemote()
-    return store
-
-
-class BarProgress:
-    """Adapts a rich progress bar to the store's ``phase``/``advance`` progress protocol."""
-
-    def __init__(self, bar: Progress) -> None:
-        self._bar = bar
-        self._task: TaskID | None = None
-
-    def phase(self, description: str, total: int | None) -> None:
-        if self._task is not None:
-            self._bar.update(self._task, visible=False)
-        self._task = self._bar.add_task(description, total=total)
-
-    def advance(self, amount: int) -> None:
-        if self._task is not None:
-            self._bar.advance(self._task, amount)
-
-
-@contextmanager
-def progress_bar() -> Iterator[BarProgress]:
-    """A progress bar on stderr; disabled (silent) unless stderr is a terminal."""
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-    with bar:
-        yield BarProgress(bar)
-
-
-def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
 def human_size(size: int) -> str:
@@ -267,7 +179,7 @@ def squash_cmd(root: str | None, compression: str, ref: str, new_ref: str) -> No
     """Make NEWREF: a single-layer image with the flattened content of REF."""
     store = open_store(root)
     with progress_bar() as progress:
-        image = store.squash(ref, new_ref, compression=COMPRESSIONS[compression], progress=progress)
+        image = store.squash(ref, new_ref, compression=Compression(compression), progress=progress)
     click.echo(image.digest)
 
 

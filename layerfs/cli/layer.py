@@ -8,13 +8,12 @@ the diff_id. Both draw a progress bar on stderr when it is a terminal, and nothi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from layerfs import privilege
+from layerfs.cli.progress import progress_bar
+from layerfs.progress import task
 from layerfs.tar import (
     ApplyMode,
     ApplyOptions,
@@ -23,22 +22,8 @@ from layerfs.tar import (
     apply_layer,
     create_layer,
 )
-from layerfs.whiteout import UpperFormat
 
 COMPRESSIONS = {c.value: c for c in Compression}
-
-
-@contextmanager
-def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A callback advancing a bar on stderr, or None when stderr is not a terminal."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 @click.group()
@@ -53,7 +38,8 @@ def layer() -> None:
     "--as-layer",
     is_flag=True,
     help="Create DIRECTORY as an overlayfs lower layer: whiteouts stay whiteouts "
-    "(0/0 devices as root, .wh. files otherwise) and opaque dirs get the opaque xattr.",
+    "(0/0 devices with real privilege, .wh. files otherwise, uid 0 of a user namespace "
+    "included) and opaque dirs get the opaque xattr.",
 )
 def apply_command(blob: str, directory: str, as_layer: bool) -> None:
     """Unpack layer BLOB into DIRECTORY.
@@ -64,11 +50,10 @@ def apply_command(blob: str, directory: str, as_layer: bool) -> None:
     command.
     """
     if as_layer:
-        fmt = UpperFormat() if os.geteuid() == 0 else UpperFormat.unprivileged()
-        options = ApplyOptions(mode=ApplyMode.LAYER, upper_format=fmt)
+        options = ApplyOptions(mode=ApplyMode.LAYER, upper_format=privilege.layer_format())
     else:
         options = ApplyOptions(mode=ApplyMode.ROOTFS)
-    with _progress("apply", os.path.getsize(blob)) as progress:
+    with progress_bar() as bars, task(bars, "apply", os.path.getsize(blob)) as progress:
         result = apply_layer(blob, directory, options=options, progress=progress)
     click.echo(f"entries {result.entries}")
     click.echo(f"digest  {result.digest}")
@@ -104,7 +89,7 @@ def create_command(
     options = CreateOptions(compression=COMPRESSIONS[compression], level=level)
     tmp = f"{blob}.partial"
     try:
-        with open(tmp, "wb") as out, _progress("create", None) as progress:
+        with open(tmp, "wb") as out, progress_bar() as bars, task(bars, "create", None) as progress:
             desc = create_layer(directory, out, lowers=lowers, options=options, progress=progress)
         os.replace(tmp, blob)
     except BaseException:

@@ -20,7 +20,7 @@ import click
 
 from layerfs import __version__
 from layerfs.cli import dropin
-from layerfs.errors import LayerfsError
+from layerfs.errors import LayerfsError, describe_error
 
 COMMAND_MODULES: tuple[str, ...] = (
     "layerfs.cli.mount",
@@ -41,7 +41,7 @@ class _Group(click.Group):
         except (LayerfsError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"layerfs: {dropin.describe(exc)}", err=True)
+            click.echo(f"layerfs: {describe_error(exc)}", err=True)
             sys.exit(1)
 
 
@@ -70,7 +70,3 @@ def main() -> None:
     if dropin.is_dropin_call(argv, cli.commands):
         sys.exit(dropin.run(argv))
     cli(prog_name="layerfs")
-
-
-if __name__ == "__main__":
-    main()

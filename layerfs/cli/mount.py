@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from layerfs.cli.images import root_option
+from layerfs.cli.common import root_option
 from layerfs.errors import ConfigError
 
 
@@ -50,28 +50,30 @@ def mount(
     Without an upper directory the mount is read-only. Given IMAGE or CONTAINER from the
     store instead of --lower, an image mounts read-only and a container read-write.
     """
+    from fuse_mount import daemon
+    from fuse_mount.options import parse_mount
     from layerfs.options import split_option_list
 
     if len(targets) > 2:
         raise click.UsageError("expected [IMAGE|CONTAINER] MOUNTPOINT")
     source = targets[0] if len(targets) == 2 else None
-    mountpoint = Path(targets[-1])
     if source is not None:
         if lower is not None or upper is not None or work is not None:
             raise ConfigError("give either IMAGE|CONTAINER or --lower/--upper/--work")
-        items = _store_options(root, source)
+        lowers, upper_dir, work_dir = _store_layers(root, source)
     else:
-        items = _layer_options(lower, upper, work)
-    for text in options:
-        items.extend(split_option_list(text))
-    debug = debug or bool(ctx.obj and ctx.obj.get("debug"))
-    mount_stack(
-        items,
-        mountpoint,
+        lowers, upper_dir, work_dir = _given_layers(lower, upper, work)
+    items = [item for text in options for item in split_option_list(text)]
+    spec, mount_options = parse_mount(items, lowers=lowers, upper=upper_dir, work=work_dir)
+    request = daemon.MountRequest(
+        spec,
+        mount_options,
+        Path(targets[-1]),
         foreground=foreground,
-        debug=debug,
+        debug=debug or bool(ctx.obj and ctx.obj.get("debug")),
         log_file=Path(log_file) if log_file else None,
     )
+    daemon.mount(request)
 
 
 @click.command("umount")
@@ -83,72 +85,28 @@ def umount(mountpoint: Path) -> None:
     unmount(mountpoint)
 
 
-def mount_stack(
-    items: list[str],
-    mountpoint: Path,
-    *,
-    fsname: str | None = None,
-    foreground: bool = False,
-    debug: bool = False,
-    log_file: Path | None = None,
-) -> None:
-    """Validate, assemble the stack and mount it; shared by ``layerfs mount``, the FUSE program
-    convention (``layerfs -o OPTS MNT``) and mount(8).
-
-    A process without real privilege (see :mod:`layerfs.privilege`: an ordinary user, or uid 0
-    in a user namespace) writes the upper in the forms it can write. Raises
-    :class:`~layerfs.errors.LayerfsError` (one line for the user) on any failure.
-    """
-    import layerfs
-    from fuse_mount import daemon
-    from fuse_mount.options import parse_mount_options
-    from layerfs.privilege import is_privileged
-
-    parsed = parse_mount_options(items, fsname=fsname)
-    spec, unknown = layerfs.parse_mount_options(
-        parsed.stack_option_string, privileged=is_privileged()
-    )
-    if unknown:
-        raise ConfigError(f"unknown mount option: {','.join(unknown)}")
-    daemon.check_fuse_device()
-    daemon.ensure_runtime_dir()
-    resolved = daemon.check_mountpoint(mountpoint)
-    stack = layerfs.Stack.from_spec(spec)
-    if stack.readonly and not parsed.readonly:
-        parsed = parse_mount_options([*items, "ro"], fsname=fsname)
-    request = daemon.MountRequest(
-        mountpoint=resolved,
-        options=parsed,
-        foreground=foreground,
-        debug=debug,
-        log_file=log_file.absolute() if log_file else None,
-    )
-    daemon.start(request, stack)
+Layers = tuple[list[Path], Path | None, Path | None]
 
 
-def _store_options(root: str | None, source: str) -> list[str]:
+def _store_layers(root: str | None, source: str) -> Layers:
     """The layers of an image (read-only) or a container (with its upper) in the store; the
     partial layers of a lazily pulled image are completed first."""
-    from layerfs.cli.images import open_store
-    from layerfs.options import stack_option_items
+    from layerfs.cli.common import open_store
 
     lowers, upper, work = open_store(root).mount_spec(source)
-    return stack_option_items(lowers, upper, work)
+    return lowers, upper, work
 
 
-def _layer_options(lower: str | None, upper: str | None, work: str | None) -> list[str]:
-    """``--lower/--upper/--work`` as overlay-style options.
-
-    ``--lower`` separates layers with ``:`` and takes ``\\:`` for a colon inside a path, as
-    ``lowerdir=`` does; each path is then escaped once for the option string.
-    """
-    from layerfs.options import split_lowerdir, stack_option_items
+def _given_layers(lower: str | None, upper: str | None, work: str | None) -> Layers:
+    """``--lower/--upper/--work``: ``--lower`` separates layers with ``:`` and takes ``\\:``
+    for a colon inside a path, as ``lowerdir=`` does."""
+    from layerfs.options import split_lowerdir
 
     if lower is None:
         if upper is not None or work is not None:
             raise ConfigError("--upper and --work need --lower")
-        return []
-    return stack_option_items(
+        return [], None, None
+    return (
         [Path(p) for p in split_lowerdir(lower)],
         Path(upper) if upper is not None else None,
         Path(work) if work is not None else None,

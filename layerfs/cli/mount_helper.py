@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layerfs.cli.dropin import UsageError, default_items, describe
-from layerfs.errors import LayerfsError
+from layerfs.cli.dropin import DropinCall, UsageError, mount, option_items
+from layerfs.errors import LayerfsError, describe_error
 
 PROG = "mount.fuse.layerfs"
 USAGE = f"usage: {PROG} SOURCE MOUNTPOINT [-fnsv] [-o OPTIONS]"
@@ -23,17 +23,13 @@ IGNORED_FLAGS = frozenset("nsv")
 
 def parse_args(argv: list[str]) -> tuple[str, Path, list[str], bool]:
     """``(source, mountpoint, option items, fake)`` from a mount(8) helper command line."""
-    from layerfs.options import split_option_list
-
     positional: list[str] = []
     items: list[str] = []
     fake = False
     args = iter(argv)
     for arg in args:
-        if arg == "-o":
-            items.extend(split_option_list(next(args, "")))
-        elif arg.startswith("-o"):
-            items.extend(split_option_list(arg[2:]))
+        if (given := option_items(arg, args)) is not None:
+            items.extend(given)
         elif arg == "-t":
             next(args, None)  # the type is fuse.layerfs, by construction
         elif arg.startswith("-") and len(arg) > 1:
@@ -51,16 +47,14 @@ def parse_args(argv: list[str]) -> tuple[str, Path, list[str], bool]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 once mounted, 1 with a one-line message otherwise."""
-    from layerfs.cli.mount import mount_stack
-
     try:
         source, mountpoint, items, fake = parse_args(sys.argv[1:] if argv is None else argv)
         if not fake:
-            mount_stack([*default_items(), *items], mountpoint, fsname=source)
+            mount(DropinCall(source, mountpoint, items))
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
     except (LayerfsError, OSError) as exc:
-        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
+        print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

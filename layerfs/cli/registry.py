@@ -7,65 +7,17 @@ draw one progress bar per blob on stderr when it is a terminal (never with ``--q
 from __future__ import annotations
 
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 
-from layerfs.cli.images import open_store, root_option
+from layerfs.cli.common import open_store, root_option
+from layerfs.cli.progress import progress_bar
 from layerfs.errors import RegistryError
 from layerfs.lazy.pull import pull_complete, pull_lazy
 from layerfs.registry import Credentials, Options, login, push
 from layerfs.registry.config import remove_credentials, save_credentials
 from layerfs.registry.platforms import parse_platform
 from layerfs.registry.reference import normalise_registry
-from layerfs.registry.transfers import NoTransfers, Transfers
-
-
-class BarTransfers:
-    """One rich progress bar per blob; thread-safe (transfers run on worker threads)."""
-
-    def __init__(self, bar: Progress) -> None:
-        self._bar = bar
-        self._tasks: dict[str, TaskID] = {}
-        self._lock = threading.Lock()
-
-    def begin(self, key: str, description: str, total: int | None) -> None:
-        with self._lock:
-            self._tasks[key] = self._bar.add_task(description, total=total)
-
-    def advance(self, key: str, amount: int) -> None:
-        with self._lock:
-            task = self._tasks.get(key)
-        if task is not None:
-            self._bar.advance(task, amount)
-
-    def end(self, key: str) -> None:
-        with self._lock:
-            task = self._tasks.pop(key, None)
-        if task is not None:
-            self._bar.remove_task(task)
-
-
-@contextmanager
-def transfers(quiet: bool) -> Iterator[Transfers]:
-    """Progress bars on stderr, or nothing with *quiet* or without a terminal."""
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        yield NoTransfers()
-        return
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        console=console,
-        transient=True,
-    )
-    with bar:
-        yield BarTransfers(bar)
 
 
 def _insecure_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -114,7 +66,7 @@ def pull_command(
         raise click.UsageError("--no-prefetch only applies to --lazy")
     wanted = parse_platform(platform_text) if platform_text else None
     store = open_store(root)
-    with transfers(quiet) as progress:
+    with progress_bar(quiet=quiet) as progress:
         options = Options(insecure=insecure, platform=wanted, progress=progress)
         if lazy:
             result = pull_lazy(store, ref, options, prefetch=not no_prefetch)
@@ -136,7 +88,7 @@ def pull_command(
 def push_command(local: str, ref: str, insecure: bool, quiet: bool, root: str | None) -> None:
     """Push the store image LOCAL to REF; prints the manifest digest."""
     store = open_store(root)
-    with transfers(quiet) as progress:
+    with progress_bar(quiet=quiet) as progress:
         result = push(store, local, ref, Options(insecure=insecure, progress=progress))
     if not quiet:
         click.echo(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from layerfs.cli.images import echo_json, format_option, open_store, root_option
+from layerfs.cli.common import echo_json, format_option, open_store, root_option
 from layerfs.errors import ConfigError
 
 

@@ -73,12 +73,9 @@ class Completion:
                 self.remote.complete(self.store.lazy, record, self._stop)
                 if self._stop.is_set():
                     return
-                with self.store.writing():
-                    if not self.store.blobs.exists(desc.digest):
-                        self.store.lazy.partial(desc).finish(self.store.blobs)
-                    self.store.lazy.forget(desc.digest)
+                self.store.finish_partial(record)
                 self._layers += 1
-            if all(self.store.blobs.exists(d.digest) for d in self.image.layers):
+            if all(self.store.has_blob(d.digest) for d in self.image.layers):
                 self.store.layer_dirs(self.image)
             self._seconds = time.monotonic() - began
         except Exception as exc:  # a boundary: the thread reports, the reader decides

@@ -12,7 +12,6 @@ unpack, export, commit, squash, push and container creation complete partial lay
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -25,8 +24,6 @@ from layerfs.registry.reference import RemoteReference, parse_remote
 from layerfs.store.oci import Descriptor
 from layerfs.store.partial import LazyRecord
 from layerfs.store.store import Store
-
-log = logging.getLogger(__name__)
 
 
 class _BlobRanges:

@@ -128,11 +128,6 @@ class Toc:
             for chunk in entry.chunks:
                 yield entry, chunk
 
-    @property
-    def content_size(self) -> int:
-        """Bytes of regular-file content (hard links counted once)."""
-        return sum(e.size for e in self.entries if e.type is EntryType.REG)
-
 
 # -- raw entries, as the parsers produce them ---------------------------------------------------
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 from layerfs.registry.client import Options, PullResult, PushResult, login, pull, push
 from layerfs.registry.config import Credentials
 from layerfs.registry.reference import RemoteReference, parse_remote
-from layerfs.registry.transfers import NoTransfers, Transfers
 from layerfs.registry.transport import RetryPolicy
 
 __all__ = [
     "Credentials",
-    "NoTransfers",
     "Options",
     "PullResult",
     "PushResult",
     "RemoteReference",
     "RetryPolicy",
-    "Transfers",
     "login",
     "parse_remote",
     "pull",

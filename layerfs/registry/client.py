@@ -2,9 +2,10 @@
 
 A **pull** fetches the manifest by tag or digest (an index or manifest list is narrowed to
 one platform), then the config and layer blobs the store lacks, several at once, each streamed
-into :meth:`BlobStore.put` so it is verified against its digest and size and appears in the
-store only complete; then the manifest itself, unchanged (so the image id is the registry's
-manifest digest); then the tag. Mirrors of the registry are tried first, in order.
+into the store's :class:`~layerfs.store.ingest.Ingest` so it is verified against its digest
+and size and appears in the store only complete; then the manifest itself, unchanged (so the
+image id is the registry's manifest digest); then the tag, all under the store's write lock.
+Mirrors of the registry are tried first, in order.
 
 A **push** sends each layer the registry lacks (``HEAD`` first; a cross-repository mount when
 the same registry is known to hold the blob in another repository; else ``POST`` then one
@@ -20,6 +21,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -27,6 +29,7 @@ from typing import BinaryIO, Protocol
 import httpx
 
 from layerfs.errors import DigestMismatchError, LayerfsError, RegistryError
+from layerfs.progress import NoProgress, Progress, Task, task
 from layerfs.registry.config import (
     Credentials,
     RegistryConfig,
@@ -35,17 +38,10 @@ from layerfs.registry.config import (
 )
 from layerfs.registry.platforms import host_platform, select_manifest
 from layerfs.registry.reference import RemoteReference, parse_remote, registry_endpoint
-from layerfs.registry.transfers import (
-    BodyReader,
-    Cancelled,
-    NoTransfers,
-    Transfers,
-    advancer,
-    run_parallel,
-)
+from layerfs.registry.transfers import BodyReader, Cancelled, run_parallel
 from layerfs.registry.transport import RetryPolicy, Transport
-from layerfs.store.blobs import BlobStore
 from layerfs.store.images import Image
+from layerfs.store.ingest import Ingest
 from layerfs.store.oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -81,7 +77,7 @@ class Options:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     parallel: int = PARALLEL
     chunk_size: int = CHUNK_SIZE
-    progress: Transfers = field(default_factory=NoTransfers)
+    progress: Progress = field(default_factory=NoProgress)  # one task per blob, keyed by digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +206,8 @@ def _pull_from(
             raise DigestMismatchError(f"{remote}: manifest {chosen.digest} hashes to {digest}")
     manifest = Manifest.from_bytes(data, f"manifest {digest} of {remote}")
     wanted_blobs = _unique([manifest.config, *manifest.layers])
-    with store.writing():
-        missing = [d for d in wanted_blobs if not store.blobs.exists(d.digest)]
+    with store.ingest() as ingest:
+        missing = ingest.missing(wanted_blobs)
         deferred = [d for d in missing if partial is not None and d != manifest.config]
         for layer in deferred:
             assert partial is not None
@@ -219,9 +215,9 @@ def _pull_from(
         missing = [d for d in missing if d not in deferred]
         run_parallel(
             opts.parallel,
-            [_blob_fetcher(transport, remote.repository, d, store.blobs, opts) for d in missing],
+            [_blob_fetcher(transport, remote.repository, d, ingest, opts) for d in missing],
         )
-        store.blobs.put_bytes(data, digest)
+        ingest.put_bytes(data, digest)
         name = remote.local_name if remote.tag is not None else None
         image = store.add_image(Descriptor(manifest.media_type, digest, len(data)), name)
     fetched = tuple(d.digest for d in missing)
@@ -280,10 +276,10 @@ class _UploadInterrupted(Exception):
 
 
 def _blob_fetcher(
-    transport: Transport, repository: str, desc: Descriptor, blobs: BlobStore, opts: Options
+    transport: Transport, repository: str, desc: Descriptor, ingest: Ingest, opts: Options
 ) -> Callable[[threading.Event], None]:
     def fetch(stop: threading.Event) -> None:
-        fetch_blob(transport, repository, desc, blobs, opts.progress, stop)
+        fetch_blob(transport, repository, desc, ingest, opts.progress, stop)
 
     return fetch
 
@@ -292,33 +288,36 @@ def fetch_blob(
     transport: Transport,
     repository: str,
     desc: Descriptor,
-    blobs: BlobStore,
-    progress: Transfers,
+    ingest: Ingest,
+    progress: Progress,
     stop: threading.Event,
 ) -> None:
-    """Stream one blob into *blobs*, verified; a connection lost midway starts it over."""
+    """Stream one blob into the store through *ingest*, verified; a connection lost midway
+    starts it over (and its progress task with it)."""
     what = f"blob {desc.digest}"
     attempts = transport.retry.attempts
-    progress.begin(desc.digest, desc.digest[7:19], desc.size)
-    try:
-        for attempt in range(attempts):
-            try:
-                with transport.stream("GET", f"/v2/{repository}/blobs/{desc.digest}") as response:
-                    body = BodyReader(response.iter_bytes(), desc.size, what, stop)
-                    stream = io.BufferedReader(body, 1 << 20)
-                    blobs.put(stream, desc.digest, desc.size, advancer(progress, desc.digest))
-                    return
-            except httpx.TransportError as exc:
-                if attempt + 1 >= attempts:
-                    raise RegistryError(
-                        f"{what}: connection lost after {attempts} attempts ({exc})",
-                        temporary=True,
-                    ) from exc
-                transport.wait_retry(attempt, f"{what}: {exc}")
-                progress.end(desc.digest)  # start the bar over with the download
-                progress.begin(desc.digest, desc.digest[7:19], desc.size)
-    finally:
-        progress.end(desc.digest)
+    for attempt in range(attempts):
+        try:
+            with (
+                _blob_task(progress, desc) as report,
+                transport.stream("GET", f"/v2/{repository}/blobs/{desc.digest}") as response,
+            ):
+                body = BodyReader(response.iter_bytes(), desc.size, what, stop)
+                stream = io.BufferedReader(body, 1 << 20)
+                ingest.put(stream, desc, report)
+                return
+        except httpx.TransportError as exc:
+            if attempt + 1 >= attempts:
+                raise RegistryError(
+                    f"{what}: connection lost after {attempts} attempts ({exc})",
+                    temporary=True,
+                ) from exc
+            transport.wait_retry(attempt, f"{what}: {exc}")
+
+
+def _blob_task(progress: Progress, desc: Descriptor) -> AbstractContextManager[Task]:
+    """The progress task of moving blob *desc*: keyed by its digest, named by its short id."""
+    return task(progress, desc.digest[7:19], desc.size, key=desc.digest)
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -343,11 +342,11 @@ def push(store: Store, local: str, ref: str, options: Options | None = None) -> 
         transport.auth.add_scope(f"repository:{remote.repository}:pull,push")
         for repo in sorted(set(sources.values())):
             transport.auth.add_scope(f"repository:{repo}:pull")
-        pusher = _Pusher(transport, remote.repository, store.blobs, opts, sources)
+        pusher = _Pusher(transport, remote.repository, store, opts, sources)
         layers = _unique(image.layers)
         run_parallel(opts.parallel, [pusher.job(d) for d in layers])
         pusher.push_blob(image.manifest.config, threading.Event())
-        digest = _put_manifest(transport, remote, store.blobs.get(image.digest), image)
+        digest = _put_manifest(transport, remote, store.read_blob(image.digest), image)
     return PushResult(
         digest, remote, tuple(pusher.uploaded), tuple(pusher.mounted), tuple(pusher.present)
     )
@@ -380,13 +379,13 @@ class _Pusher:
         self,
         transport: Transport,
         repository: str,
-        blobs: BlobStore,
+        store: Store,
         opts: Options,
         sources: dict[Digest, str],
     ) -> None:
         self.transport = transport
         self.repository = repository
-        self.blobs = blobs
+        self.store = store
         self.opts = opts
         self.sources = sources
         self.uploaded: list[Digest] = []
@@ -424,19 +423,23 @@ class _Pusher:
             self.mounted.append(desc.digest)
             return
         location = _location(response, start)
-        self.opts.progress.begin(desc.digest, desc.digest[7:19], desc.size)
-        try:
-            with self.blobs.open(desc.digest) as stream:
-                if desc.size <= self.opts.chunk_size:
-                    self._finish(location, desc, stream.read())
-                else:
-                    self._chunks(location, desc, stream, stop)
-        finally:
-            self.opts.progress.end(desc.digest)
+        with (
+            _blob_task(self.opts.progress, desc) as report,
+            self.store.open_blob(desc.digest) as stream,
+        ):
+            if desc.size <= self.opts.chunk_size:
+                self._finish(location, desc, stream.read(), report)
+            else:
+                self._chunks(location, desc, stream, stop, report)
         self.uploaded.append(desc.digest)
 
     def _chunks(
-        self, location: str, desc: Descriptor, stream: BinaryIO, stop: threading.Event
+        self,
+        location: str,
+        desc: Descriptor,
+        stream: BinaryIO,
+        stop: threading.Event,
+        report: Task,
     ) -> None:
         offset = 0
         while chunk := stream.read(self.opts.chunk_size):
@@ -450,14 +453,14 @@ class _Pusher:
             response = self._send("PATCH", location, 202, headers, chunk)
             location = _location(response, location)
             offset += len(chunk)
-            self.opts.progress.advance(desc.digest, len(chunk))
-        self._finish(location, desc, b"")
+            report.advance(len(chunk))
+        self._finish(location, desc, b"", report)
 
-    def _finish(self, location: str, desc: Descriptor, data: bytes) -> None:
+    def _finish(self, location: str, desc: Descriptor, data: bytes, report: Task) -> None:
         url = httpx.URL(self.transport.url(location)).copy_add_param("digest", desc.digest)
         headers = {"Content-Type": "application/octet-stream"}
         self._send("PUT", str(url), 201, headers, data)
-        self.opts.progress.advance(desc.digest, len(data))
+        report.advance(len(data))
 
     def _send(
         self, method: str, url: str, status: int, headers: dict[str, str], data: bytes

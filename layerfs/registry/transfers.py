@@ -1,5 +1,5 @@
-"""Transfer plumbing shared by pull and push: progress reporting, bounded parallel jobs that
-stop together, and a size-limited stream over a response body."""
+"""Transfer plumbing shared by pull and push: bounded parallel jobs that stop together, and a
+size-limited stream over a response body."""
 
 from __future__ import annotations
 
@@ -7,32 +7,8 @@ import io
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 from layerfs.errors import DigestMismatchError
-
-
-class Transfers(Protocol):
-    """Receives per-blob progress (the CLI draws one bar per layer). Must be thread-safe."""
-
-    def begin(self, key: str, description: str, total: int | None) -> None: ...
-
-    def advance(self, key: str, amount: int) -> None: ...
-
-    def end(self, key: str) -> None: ...
-
-
-class NoTransfers:
-    """Reports nothing."""
-
-    def begin(self, key: str, description: str, total: int | None) -> None:
-        return None
-
-    def advance(self, key: str, amount: int) -> None:
-        return None
-
-    def end(self, key: str) -> None:
-        return None
 
 
 class Cancelled(Exception):
@@ -68,10 +44,6 @@ class BodyReader(io.RawIOBase):
         self._pending = self._pending[n:]
         self._left -= n
         return n
-
-
-def advancer(progress: Transfers, key: str) -> Callable[[int], None]:
-    return lambda amount: progress.advance(key, amount)
 
 
 def run_parallel(limit: int, jobs: list[Callable[[threading.Event], None]]) -> None:

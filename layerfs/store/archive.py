@@ -27,7 +27,7 @@ import platform
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +39,7 @@ from layerfs.errors import (
     NotFoundError,
     StoreError,
 )
+from layerfs.progress import Task
 from layerfs.store.blobs import BlobStore, atomic_file, digest_bytes
 from layerfs.store.images import Image, with_tag, with_untagged
 from layerfs.store.layout import INDEX_FILE, OCI_LAYOUT_FILE, check_layout_marker
@@ -64,7 +65,6 @@ from layerfs.types import Digest
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]
 DOCKER_MANIFEST_FILE = "manifest.json"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
 
@@ -91,7 +91,7 @@ def source_format(source: Source) -> str:
 
 
 def import_source(
-    blobs: BlobStore, source: Source, progress: Progress | None, ref_name: str | None = None
+    blobs: BlobStore, source: Source, progress: Task | None, ref_name: str | None = None
 ) -> list[Imported]:
     """Copy the images of *source* into *blobs*: all, or those the source calls *ref_name*.
 
@@ -137,7 +137,7 @@ def _none_matched(ref_name: str | None, known: list[str]) -> NotFoundError:
 
 
 def _import_oci(
-    blobs: BlobStore, source: Source, progress: Progress | None, ref_name: str | None
+    blobs: BlobStore, source: Source, progress: Task | None, ref_name: str | None
 ) -> list[Imported]:
     marker = load_json(source.read(OCI_LAYOUT_FILE), OCI_LAYOUT_FILE)
     if not str(marker.get("imageLayoutVersion", "")).startswith("1."):
@@ -189,7 +189,7 @@ def _select_manifest(source: Source, entry: Descriptor) -> Descriptor:
 
 
 def _copy_image(
-    blobs: BlobStore, source: Source, desc: Descriptor, progress: Progress | None
+    blobs: BlobStore, source: Source, desc: Descriptor, progress: Task | None
 ) -> Descriptor:
     data = _read_verified(source, desc)
     manifest = Manifest.from_bytes(data, f"manifest {desc.digest}")
@@ -232,7 +232,7 @@ def _names_of(entry: Descriptor) -> tuple[str, ...]:
 
 
 def _import_docker(
-    blobs: BlobStore, source: Source, progress: Progress | None, ref_name: str | None
+    blobs: BlobStore, source: Source, progress: Task | None, ref_name: str | None
 ) -> list[Imported]:
     try:
         entries = json.loads(source.read(DOCKER_MANIFEST_FILE))
@@ -252,7 +252,7 @@ def _repo_tags(entry: Any) -> tuple[str, ...]:
 
 
 def _import_docker_image(
-    blobs: BlobStore, source: Source, entry: Any, progress: Progress | None
+    blobs: BlobStore, source: Source, entry: Any, progress: Task | None
 ) -> Imported:
     if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
         raise StoreError(f"{DOCKER_MANIFEST_FILE}: entry without Config")
@@ -282,7 +282,7 @@ def _check_named_digest(path: str, data: bytes) -> None:
 
 
 def _import_docker_layer(
-    blobs: BlobStore, source: Source, path: str, diff_id: Digest, progress: Progress | None
+    blobs: BlobStore, source: Source, path: str, diff_id: Digest, progress: Task | None
 ) -> Descriptor:
     with source.open(path) as stream:
         kind = detect_compression(stream.read(8))

@@ -18,19 +18,18 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from layerfs.errors import DigestMismatchError, NotFoundError, StoreError
+from layerfs.progress import Task
 from layerfs.store.refs import DIGEST_RE
 from layerfs.types import Digest
 
 CHUNK = 1 << 20  # bytes per read while streaming
 ALGORITHM = "sha256"
-
-Progress = Callable[[int], None]  # called with the number of bytes just processed
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +171,7 @@ class BlobStore:
         stream: BinaryIO,
         expected: str | None = None,
         size: int | None = None,
-        progress: Progress | None = None,
+        progress: Task | None = None,
     ) -> BlobInfo:
         """Copy *stream* into the store and return its digest and size.
 
@@ -243,9 +242,7 @@ class BlobStore:
         fsync_dir(self.dir)
 
 
-def _copy_hashing(
-    src: BinaryIO, dst: BinaryIO | None, progress: Progress | None
-) -> tuple[Digest, int]:
+def _copy_hashing(src: BinaryIO, dst: BinaryIO | None, progress: Task | None) -> tuple[Digest, int]:
     hasher = hashlib.sha256()
     total = 0
     while chunk := src.read(CHUNK):
@@ -254,5 +251,5 @@ def _copy_hashing(
             dst.write(chunk)
         total += len(chunk)
         if progress is not None:
-            progress(len(chunk))
+            progress.advance(len(chunk))
     return Digest(f"{ALGORITHM}:{hasher.hexdigest()}"), total

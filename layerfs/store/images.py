@@ -18,7 +18,6 @@ from layerfs.errors import StoreError
 from layerfs.store.blobs import BlobStore
 from layerfs.store.oci import (
     ANNOTATION_REF_NAME,
-    INDEX_TYPES,
     MANIFEST_TYPES,
     Descriptor,
     Index,
@@ -137,10 +136,6 @@ def without_tag(index: Index, tagged: str) -> Index:
 
 def without_digest(index: Index, digest: Digest) -> Index:
     return replace(index, manifests=tuple(d for d in index.manifests if d.digest != digest))
-
-
-def is_nested_index(desc: Descriptor) -> bool:
-    return desc.media_type in INDEX_TYPES
 
 
 def now_rfc3339() -> str:

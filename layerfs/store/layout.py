@@ -113,8 +113,3 @@ def check_layout_marker(root: Path) -> None:
     version = marker.get("imageLayoutVersion") if isinstance(marker, dict) else None
     if not isinstance(version, str) or not version.startswith("1."):
         raise StoreError(f"{root}: unsupported image layout version {version!r}")
-
-
-def is_layout(path: Path) -> bool:
-    """Whether *path* is a directory holding an ``oci-layout`` marker."""
-    return (path / OCI_LAYOUT_FILE).is_file()

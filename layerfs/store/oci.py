@@ -40,7 +40,6 @@ ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 LAYER_TYPES = frozenset(
     {
         OCI_LAYER,
@@ -85,6 +84,14 @@ def load_json(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise StoreError(f"{what}: expected a JSON object")
     return value
+
+
+def _load_document(data: bytes, what: str) -> dict[str, Any]:
+    """A manifest or index: a JSON object with ``schemaVersion`` 2 (:class:`StoreError`)."""
+    obj = load_json(data, what)
+    if obj.get("schemaVersion") != 2:
+        raise StoreError(f"{what}: schemaVersion must be 2")
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +151,6 @@ class Descriptor:
         """The ``org.opencontainers.image.ref.name`` annotation, if any."""
         return self.annotations.get(ANNOTATION_REF_NAME)
 
-    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
-        return replace(self, annotations=dict(annotations))
-
 
 def _platform(obj: Any) -> Platform | None:
     if not isinstance(obj, dict):
@@ -169,9 +173,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "manifest") -> Manifest:
-        obj = load_json(data, what)
-        if obj.get("schemaVersion") != 2:
-            raise StoreError(f"{what}: schemaVersion must be 2")
+        obj = _load_document(data, what)
         media_type = obj.get("mediaType", OCI_MANIFEST)
         if media_type not in MANIFEST_TYPES:
             raise StoreError(f"{what}: not an image manifest ({media_type})")
@@ -211,9 +213,7 @@ class Index:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "index") -> Index:
-        obj = load_json(data, what)
-        if obj.get("schemaVersion") != 2:
-            raise StoreError(f"{what}: schemaVersion must be 2")
+        obj = _load_document(data, what)
         manifests = obj.get("manifests")
         if not isinstance(manifests, list):
             raise StoreError(f"{what}: manifests must be a list")

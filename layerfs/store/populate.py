@@ -17,13 +17,13 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerfs import hostfs
 from layerfs.errors import oserror
 from layerfs.node import Node
+from layerfs.progress import Task
 from layerfs.stack import Stack
 from layerfs.types import Stat
 
@@ -40,20 +40,18 @@ class _Copy:
 
     view: Stack
     root_fd: int
-    advance: Callable[[int], None]
+    progress: Task | None
     same_owner: bool = field(default_factory=lambda: os.geteuid() == 0)
     links: dict[int, str] = field(default_factory=dict)  # stack inode -> path below the root
 
 
-def copy_tree(
-    view: Stack, path: str, dest: Path, advance: Callable[[int], None] = lambda n: None
-) -> None:
+def copy_tree(view: Stack, path: str, dest: Path, progress: Task | None = None) -> None:
     """Copy the directory *path* of *view* (symlink-free) into the new directory *dest*.
 
     *dest* must not exist; its parent must. It gets the metadata of *path* itself. The copy is
     durable once this returns: one ``syncfs(2)`` of *dest*'s filesystem at the end, which
-    costs a fraction of an ``fsync`` per file (thousands of journal commits). *advance* is called
-    with the number of data bytes of each file copied. Raises ``OSError`` and cleans nothing
+    costs a fraction of an ``fsync`` per file (thousands of journal commits). *progress*
+    advances by the data bytes of each file copied. Raises ``OSError`` and cleans nothing
     up: the caller copies into a staging directory and throws it away on failure.
     """
     node = view.resolve(path)
@@ -61,7 +59,7 @@ def copy_tree(
     os.mkdir(dest, 0o700)
     root_fd = os.open(dest, _O_DIR)
     try:
-        copy = _Copy(view, root_fd, advance)
+        copy = _Copy(view, root_fd, progress)
         _copy_children(copy, node, root_fd, "")
         _set_metadata(copy, node, st, root_fd, ".")
         _syncfs(root_fd)
@@ -112,7 +110,8 @@ def _copy_file(copy: _Copy, node: Node, st: Stat, dir_fd: int, name: str) -> Non
         with copy.view.open_node(node, os.O_RDONLY) as src:
             hostfs.copy_data(src.fileno(), out, st.size)
         _set_metadata(copy, node, st, dir_fd, name)
-        copy.advance(st.size)
+        if copy.progress is not None:
+            copy.progress.advance(st.size)
     finally:
         os.close(out)
 

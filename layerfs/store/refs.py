@@ -30,7 +30,7 @@ NAME_RE = re.compile(rf"^{_NAME}$")
 TAG_RE = re.compile(rf"^{_TAG}$")
 DIGEST_RE = re.compile(rf"^sha256:{_HEX64}$")
 _REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>sha256:{_HEX64}))?$")
-_SHORT_ID_RE = re.compile(r"^(?:sha256:)?(?P<hex>[0-9a-f]{4,64})$")
+_SHORT_ID_RE = re.compile(rf"^(?:sha256:)?(?P<hex>[0-9a-f]{{{SHORT_ID_MIN},64}})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +107,3 @@ def short_id_prefix(text: str) -> str | None:
     """The hex digits of *text* if it may be an image-id prefix (``3f2a``, ``sha256:3f2a...``)."""
     match = _SHORT_ID_RE.match(text)
     return match["hex"] if match else None
-
-
-def is_digest(text: str) -> bool:
-    """Whether *text* is a full ``sha256:<64 hex>`` digest."""
-    return DIGEST_RE.match(text) is not None

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
+from layerfs import privilege
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
+from layerfs.progress import Progress, Task, task
 from layerfs.store import archive, bundle, gc
 from layerfs.store.blobs import fsync_dir
 from layerfs.store.containers import Container, ContainerStore
@@ -37,12 +38,12 @@ from layerfs.store.images import (
     without_digest,
     without_tag,
 )
+from layerfs.store.ingest import Ingest
 from layerfs.store.layout import ImageLayout
 from layerfs.store.lock import StoreLock
 from layerfs.store.mounts import MountRequest, image_view, image_volumes, plan_mounts
 from layerfs.store.oci import OCI_CONFIG, Descriptor, canonical_json
-from layerfs.store.partial import LazyStore, RemoteBlobs
-from layerfs.store.progress import NoProgress, Progress
+from layerfs.store.partial import LazyRecord, LazyStore, RemoteBlobs
 from layerfs.store.refs import (
     Reference,
     parse_reference,
@@ -63,9 +64,6 @@ from layerfs.tar import (
     diff_changes,
 )
 from layerfs.types import Digest
-from layerfs.whiteout import UpperFormat
-
-log = logging.getLogger(__name__)
 
 ROOT_ENV = "LAYERFS_ROOT"
 SYSTEM_ROOT = Path("/var/lib/layerfs")
@@ -74,27 +72,19 @@ ExportFormat = Literal["oci", "docker-archive"]
 
 
 def default_root() -> Path:
-    """``$LAYERFS_ROOT``; else ``/var/lib/layerfs`` for root, ``~/.local/share/layerfs`` else.
+    """``$LAYERFS_ROOT``; else ``/var/lib/layerfs`` for root of the host, and
+    ``~/.local/share/layerfs`` for anyone else (uid 0 of a user namespace included: it
+    cannot write ``/var/lib``).
 
     ``$XDG_DATA_HOME`` replaces ``~/.local/share`` when set.
     """
     env = os.environ.get(ROOT_ENV)
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    if privilege.is_host_root():
         return SYSTEM_ROOT
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "layerfs"
-
-
-def layer_format() -> UpperFormat:
-    """How unpacked layers record whiteouts and opaque directories for this user.
-
-    Root writes the kernel's form (0/0 character devices, ``trusted.overlay.opaque``), which
-    kernel overlayfs and layerfs both read; an unprivileged user cannot create those and
-    writes ``.wh.`` files and ``user.overlay.opaque``, which layerfs reads (the FUSE mount).
-    """
-    return UpperFormat() if os.geteuid() == 0 else UpperFormat.unprivileged()
 
 
 class MountSpec(NamedTuple):
@@ -163,6 +153,36 @@ class Store:
         """Hold the store's write lock (re-entrant) for a sequence of changes."""
         with self._lock.held():
             yield
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def ingest(self) -> Iterator[Ingest]:
+        """Hold the write lock while blobs of a new image arrive (see :mod:`~.ingest`).
+
+        The :class:`Ingest` works from any thread until the block ends; record the image with
+        :meth:`add_image` inside the block, from the thread that entered it.
+        """
+        with self.writing():
+            ingest = Ingest(self.blobs)
+            try:
+                yield ingest
+            finally:
+                ingest.closed = True
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob *digest* is in ``blobs/`` (a partial layer's is not)."""
+        return self.blobs.exists(digest)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A stream over the blob *digest* that raises
+        :class:`~layerfs.errors.DigestMismatchError` at its end if the bytes on disk do not
+        hash to it; :class:`NotFoundError` when it is missing."""
+        return self.blobs.open(digest)
+
+    def read_blob(self, digest: str) -> bytes:
+        """The whole blob *digest*, verified (for manifests and configs); see :meth:`open_blob`."""
+        return self.blobs.get(digest)
 
     # -- images ----------------------------------------------------------------------------
 
@@ -314,10 +334,21 @@ class Store:
                 f"`layerfs pull {record.source}` completes it"
             )
         self.remote.complete(self.lazy, record)
+        self.finish_partial(record)
+
+    def finish_partial(self, record: LazyRecord) -> None:
+        """Move the partial layer of *record*, every byte of it fetched, into ``blobs/`` and
+        forget the record (a blob already there is kept as it is).
+
+        Raises :class:`StoreError` when bytes are missing, and :class:`DigestMismatchError`
+        when they do not hash to the layer's digest: the fetched bytes are dropped and the
+        record kept, so the next completion fetches them again.
+        """
+        digest = record.descriptor.digest
         with self.writing():
-            if not self.blobs.exists(desc.digest):
+            if not self.blobs.exists(digest):
                 self.lazy.partial(record.descriptor).finish(self.blobs)
-            self.lazy.forget(desc.digest)
+            self.lazy.forget(digest)
 
     def ensure_image(self, image: Image) -> None:
         """Make every layer blob of *image* local (see :meth:`ensure_blob`)."""
@@ -332,12 +363,12 @@ class Store:
         Each layer is unpacked once per store (``layers/<diff_id hex>``) and shared.
         """
         dirs = [
-            self._ensure_layer(desc, diff_id, progress or NoProgress())
+            self._ensure_layer(desc, diff_id, progress)
             for desc, diff_id in zip(image.layers, image.diff_ids, strict=True)
         ]
         return dirs[::-1]
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress) -> Path:
+    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress | None) -> Path:
         target = self.layout.layer_dir(diff_id)
         if target.is_dir():
             return target
@@ -345,13 +376,15 @@ class Store:
         with self.writing():
             if target.is_dir():  # another process unpacked it while we waited for the lock
                 return target
-            progress.phase(f"unpacking {diff_id[7:19]}", desc.size)
-            with self._staging("layer-") as staging:
+            unpacking = task(progress, f"unpacking {diff_id[7:19]}", desc.size)
+            with self._staging("layer-") as staging, unpacking as report:
                 result = apply_layer(
                     self.blobs.path(desc.digest),
                     staging / "layer",
-                    options=ApplyOptions(mode=ApplyMode.LAYER, upper_format=layer_format()),
-                    progress=progress.advance,
+                    options=ApplyOptions(
+                        mode=ApplyMode.LAYER, upper_format=privilege.layer_format()
+                    ),
+                    progress=report,
                 )
                 _check_applied(desc, diff_id, result)
                 os.rename(staging / "layer", target)
@@ -376,16 +409,15 @@ class Store:
         image = self.resolve(ref)
         target = Path(dest)
         target.mkdir(parents=True, exist_ok=True)
-        report = progress or NoProgress()
         self.ensure_image(image)
         for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
-            report.phase(f"applying {diff_id[7:19]}", desc.size)
-            result = apply_layer(
-                self.blobs.path(desc.digest),
-                target,
-                options=ApplyOptions(mode=ApplyMode.ROOTFS),
-                progress=report.advance,
-            )
+            with task(progress, f"applying {diff_id[7:19]}", desc.size) as report:
+                result = apply_layer(
+                    self.blobs.path(desc.digest),
+                    target,
+                    options=ApplyOptions(mode=ApplyMode.ROOTFS),
+                    progress=report,
+                )
             _check_applied(desc, diff_id, result)
         return image
 
@@ -408,12 +440,11 @@ class Store:
         image is imported untagged (see ``docs/images.md``).
         """
         source_path = Path(path)
-        report = progress or NoProgress()
         with self.writing():
             new_tag = parse_tagged(ref).tagged if ref is not None else None
-            with open_source(source_path, self.layout.tmp_dir) as source:
-                report.phase(f"importing {source_path.name}", None)
-                imported = archive.import_source(self.blobs, source, report.advance, ref_name)
+            importing = task(progress, f"importing {source_path.name}", None)
+            with open_source(source_path, self.layout.tmp_dir) as source, importing as report:
+                imported = archive.import_source(self.blobs, source, report, ref_name)
             if new_tag is not None and len(imported) != 1:
                 raise StoreError(
                     f"{source_path}: holds {len(imported)} images; a name needs one"
@@ -449,14 +480,16 @@ class Store:
         )
         target = Path(dest)
         self.ensure_image(image)
-        (progress or NoProgress()).phase(f"exporting {image.short_id}", image.size)
-        if format == "oci":
-            archive.export_oci(self.blobs, image, names, target)
-        elif format == "docker-archive":
-            with self.writing():
-                archive.export_docker_archive(self.blobs, image, names, target, self.layout.tmp_dir)
-        else:
-            raise StoreError(f"unknown export format {format!r}")
+        with task(progress, f"exporting {image.short_id}", image.size):
+            if format == "oci":
+                archive.export_oci(self.blobs, image, names, target)
+            elif format == "docker-archive":
+                with self.writing():
+                    archive.export_docker_archive(
+                        self.blobs, image, names, target, self.layout.tmp_dir
+                    )
+            else:
+                raise StoreError(f"unknown export format {format!r}")
         return image
 
     # -- new images ------------------------------------------------------------------------
@@ -475,7 +508,7 @@ class Store:
         upper: Path,
         lowers: Sequence[Path],
         options: CreateOptions,
-        progress: Progress,
+        progress: Task,
     ) -> tuple[Descriptor, Digest]:
         fd, name = tempfile.mkstemp(prefix="new-layer-", dir=self.layout.tmp_dir)
         path = Path(name)
@@ -486,7 +519,7 @@ class Store:
                     out,
                     lowers=tuple(lowers),
                     options=options,
-                    progress=progress.advance,
+                    progress=progress,
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -511,19 +544,18 @@ class Store:
         entry (``comment`` = *message*). The container's mount paths are left out of the
         layer. Commit a container that is not being written to.
         """
-        report = progress or NoProgress()
         with self.writing():
             box = container if isinstance(container, Container) else self.container(container)
             tagged = parse_tagged(new_ref).tagged
             base = self._image(box.image)
-            lowers = self.layer_dirs(base, report)
-            report.phase(f"committing {box.name}", None)
+            lowers = self.layer_dirs(base, progress)
             options = CreateOptions(
                 compression=compression,
                 level=ZSTD_LEVEL,
                 exclude=frozenset(m.path for m in box.mounts),
             )
-            layer, diff_id = self._write_layer(box.upper, lowers, options, report)
+            with task(progress, f"committing {box.name}", None) as report:
+                layer, diff_id = self._write_layer(box.upper, lowers, options, report)
             config = config_with_layer(
                 base.config, diff_id, created_by=f"layerfs commit {box.name}", comment=message
             )
@@ -540,14 +572,13 @@ class Store:
         progress: Progress | None = None,
     ) -> Image:
         """A new single-layer image with the flattened content of *ref*, tagged *new_ref*."""
-        report = progress or NoProgress()
         with self.writing():
             tagged = parse_tagged(new_ref).tagged
             with self._staging("squash-") as staging:
-                base = self.unpack(ref, staging / "rootfs", report)
-                report.phase(f"squashing {base.short_id}", None)
+                base = self.unpack(ref, staging / "rootfs", progress)
                 options = CreateOptions(compression=compression, level=ZSTD_LEVEL)
-                layer, diff_id = self._write_layer(staging / "rootfs", (), options, report)
+                with task(progress, f"squashing {base.short_id}", None) as report:
+                    layer, diff_id = self._write_layer(staging / "rootfs", (), options, report)
             config = config_squashed(base.config, diff_id, created_by=f"layerfs squash {ref}")
             desc = self._store_image(base, config, [layer])
             self._set_tag(desc, tagged)

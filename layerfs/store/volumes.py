@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerfs import hostfs
 from layerfs.errors import NotFoundError, StoreError
+from layerfs.progress import Progress, task
 from layerfs.store.blobs import atomic_file, fsync_dir
 from layerfs.store.images import now_rfc3339
 from layerfs.store.layout import remove_dir
@@ -51,7 +52,6 @@ from layerfs.store.mounts import (
     check_volume_name,
 )
 from layerfs.store.populate import copy_tree
-from layerfs.store.progress import NoProgress, Progress
 
 if TYPE_CHECKING:
     from layerfs.stack import Stack
@@ -297,7 +297,6 @@ class Volumes:
 
         Returns the volumes created, for :meth:`discard` should the container not be made.
         """
-        report = progress or NoProgress()
         created: builtins.list[Volume] = []
         try:
             in_use: set[str] = set()
@@ -311,14 +310,16 @@ class Volumes:
                     volume = self.dir.create(mount.source, {}, anonymous=mount.anonymous)
                     created.append(volume)
                 if volume.name not in in_use and view is not None:
-                    self._populate(volume, mount, view, report)
+                    self._populate(volume, mount, view, progress)
                 in_use.add(volume.name)
         except BaseException:
             self.discard(created)
             raise
         return created
 
-    def _populate(self, volume: Volume, mount: Mount, view: Stack, report: Progress) -> None:
+    def _populate(
+        self, volume: Volume, mount: Mount, view: Stack, progress: Progress | None
+    ) -> None:
         if not self.dir.is_empty(volume):
             return
         try:
@@ -326,8 +327,8 @@ class Volumes:
                 return
         except FileNotFoundError:
             return
-        report.phase(f"copying {mount.path} into volume {volume.name[:24]}", None)
-        self.dir.fill(volume, lambda dest: copy_tree(view, mount.path, dest, report.advance))
+        with task(progress, f"copying {mount.path} into volume {volume.name[:24]}", None) as report:
+            self.dir.fill(volume, lambda dest: copy_tree(view, mount.path, dest, report))
 
     def discard(self, volumes: Sequence[Volume]) -> None:
         """Remove volumes made for a container that was not created after all."""

@@ -10,10 +10,10 @@ import hashlib
 import io
 import queue
 import threading
-from collections.abc import Callable
 from typing import BinaryIO
 
 from layerfs.errors import LayerFormatError
+from layerfs.progress import Task
 from layerfs.types import Digest
 
 CHUNK = 1 << 20  # bytes: read/write unit for file data and compressed streams
@@ -27,8 +27,8 @@ def digest_of(h: hashlib._Hash) -> Digest:
 class HashingReader(io.RawIOBase):
     """Reads from *inner*, hashing and counting every byte; fails once *limit* is passed.
 
-    ``progress`` receives the size of each chunk read, so a caller can drive a progress bar
-    without polling.
+    ``progress`` advances by the size of each chunk read, so a caller can drive a progress
+    bar without polling.
     """
 
     def __init__(
@@ -37,7 +37,7 @@ class HashingReader(io.RawIOBase):
         *,
         limit: int | None = None,
         what: str = "layer",
-        progress: Callable[[int], None] | None = None,
+        progress: Task | None = None,
         hashing: bool = True,
     ) -> None:
         super().__init__()
@@ -74,7 +74,7 @@ class HashingReader(io.RawIOBase):
         if self.hashing:
             self.hash.update(data)
         if self._progress is not None:
-            self._progress(len(data))
+            self._progress.advance(len(data))
 
     def drain(self) -> None:
         """Read to the end, so that the hash covers the whole stream."""

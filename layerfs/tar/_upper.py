@@ -16,8 +16,6 @@ from layerfs import readdir
 from layerfs.layer import HostLayer
 from layerfs.whiteout import is_private_xattr
 
-O_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
 
 @dataclass(slots=True)
 class DirScan:

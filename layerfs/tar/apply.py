@@ -23,13 +23,14 @@ import os
 import secrets
 import shutil
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from layerfs import hostfs
 from layerfs.errors import LayerFormatError, oserror
+from layerfs.progress import Task
 from layerfs.tar._entries import Entry, Kind, classify, unsafe
 from layerfs.tar._extract import Extractor
 from layerfs.tar._streams import CHUNK, ForwardReader, HashingReader, digest_of
@@ -85,15 +86,15 @@ def apply_layer(
     dest: os.PathLike[str] | str,
     *,
     options: ApplyOptions = ApplyOptions(),
-    progress: Callable[[int], None] | None = None,
+    progress: Task | None = None,
 ) -> ApplyResult:
     """Apply the layer blob *src* (a path or a binary stream) to *dest*.
 
     LAYER mode creates *dest*, which must not exist (``FileExistsError``); ROOTFS mode
-    changes the existing directory *dest*. *progress* is called with the number of blob bytes
-    consumed since its previous call. Raises :class:`~layerfs.errors.UnsafeLayerError` for an
-    entry that would reach outside *dest*, :class:`~layerfs.errors.LayerFormatError` for
-    malformed input or a passed limit, and ``OSError`` for host failures.
+    changes the existing directory *dest*. *progress* advances by the blob bytes consumed.
+    Raises :class:`~layerfs.errors.UnsafeLayerError` for an entry that would reach outside
+    *dest*, :class:`~layerfs.errors.LayerFormatError` for malformed input or a passed limit,
+    and ``OSError`` for host failures.
     """
     with _opened(src) as stream:
         if options.mode is ApplyMode.LAYER:
@@ -111,7 +112,7 @@ def _opened(src: BinaryIO | os.PathLike[str] | str) -> Iterator[BinaryIO]:
 
 
 def _apply_new(
-    src: BinaryIO, dest: Path, options: ApplyOptions, progress: Callable[[int], None] | None
+    src: BinaryIO, dest: Path, options: ApplyOptions, progress: Task | None
 ) -> ApplyResult:
     if os.path.lexists(dest):
         raise oserror(17, str(dest))  # EEXIST: a layer directory is never merged into
@@ -149,7 +150,7 @@ def _seekable(src: BinaryIO) -> bool:
 
 
 def _apply_onto(
-    src: BinaryIO, dest: Path, options: ApplyOptions, progress: Callable[[int], None] | None
+    src: BinaryIO, dest: Path, options: ApplyOptions, progress: Task | None
 ) -> ApplyResult:
     root = hostfs.open_root(dest)
     try:
@@ -200,7 +201,7 @@ def _run(
     src: BinaryIO,
     extractor: Extractor | None,
     options: ApplyOptions,
-    progress: Callable[[int], None] | None,
+    progress: Task | None,
 ) -> ApplyResult:
     """Stream the whole blob once; with no *extractor* only check it (the ROOTFS pre-pass).
 

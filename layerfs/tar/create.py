@@ -21,7 +21,7 @@ import gzip
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
@@ -30,6 +30,7 @@ import zstandard
 from layerfs import hostfs
 from layerfs.errors import LayerFormatError
 from layerfs.layer import HostLayer
+from layerfs.progress import Task
 from layerfs.stack import Stack
 from layerfs.tar._header import pack_plain, plain_header
 from layerfs.tar._streams import CHUNK, BackgroundWriter, HashingWriter, digest_of
@@ -70,7 +71,7 @@ class _TarOut:
     """Buffers tar headers and small data; a background thread hashes the tar (diff_id) and
     feeds the compressor."""
 
-    def __init__(self, sink: BinaryIO, progress: Callable[[int], None] | None) -> None:
+    def __init__(self, sink: BinaryIO, progress: Task | None) -> None:
         self._hashing = HashingWriter(sink)
         self._out = BackgroundWriter(self._hashing)
         self._buf = bytearray()
@@ -100,7 +101,7 @@ class _TarOut:
 
     def _report(self, n: int) -> None:
         if self._progress is not None:
-            self._progress(n)
+            self._progress.advance(n)
 
     def pad(self) -> None:
         rest = self.offset % BLOCK
@@ -126,13 +127,13 @@ def create_layer(
     *,
     lowers: Sequence[os.PathLike[str] | str] = (),
     options: CreateOptions = CreateOptions(),
-    progress: Callable[[int], None] | None = None,
+    progress: Task | None = None,
 ) -> LayerDescriptor:
     """Write the changes recorded in *upper* as a layer blob to *out*.
 
     *lowers* (top-most first) are read only for the data of metacopy files, through the
-    core (a read-only :class:`~layerfs.Stack` over them). *progress* is
-    called with the number of uncompressed tar bytes produced since its previous call.
+    core (a read-only :class:`~layerfs.Stack` over them). *progress* advances by the
+    uncompressed tar bytes produced.
     Raises :class:`~layerfs.errors.LayerFormatError` when a file changes size while it is
     read, or when a metacopy file has no data below it.
     """

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fuse_mount import daemon, mountinfo
-from fuse_mount.options import parse_mount_options
+from fuse_mount.options import sort_mount_options
 from layerfs.cli.dropin import DropinCall, UsageError, default_items, is_dropin_call, parse_args
 from layerfs.options import split_option_list
 from tests.dropin.mounts import mounted, read_pid, wait_gone
@@ -78,19 +78,16 @@ class TestOptions:
     def test_selinux_label_stays_one_option_and_is_ignored(self) -> None:
         items = split_option_list(f"lowerdir=/l,{SELINUX_LABEL},noacl")
         assert items == ["lowerdir=/l", SELINUX_LABEL, "noacl"]
-        assert parse_mount_options(items).stack_options == ("lowerdir=/l",)
+        assert sort_mount_options(items)[1] == ["lowerdir=/l"]
 
     def test_fuse_overlayfs_options(self) -> None:
         items = ["lowerdir=/l", "xino=off", "threaded=1", "fast_ino=1", "writeback=0"]
         items += ["redirect_dir=off", "fsync=1", "noacl"]
-        assert parse_mount_options(items).stack_options == ("lowerdir=/l",)
-        assert parse_mount_options(["lowerdir=/l", "fsync=0"]).stack_options == (
-            "lowerdir=/l",
-            "volatile",
-        )
+        assert sort_mount_options(items)[1] == ["lowerdir=/l"]
+        assert sort_mount_options(["lowerdir=/l", "fsync=0"])[1] == ["lowerdir=/l", "volatile"]
 
     def test_last_of_two_opposite_flags_wins(self) -> None:
-        fuse = parse_mount_options(["lowerdir=/l", "suid", "nosuid", "nodev", "dev"]).fuse_options
+        fuse = sort_mount_options(["lowerdir=/l", "suid", "nosuid", "nodev", "dev"])[0].fuse_options
         assert {"nosuid", "dev"} <= fuse
         assert not {"suid", "nodev"} & fuse
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from fuse_mount.idmap import IdMap, IdRange, build_idmap, parse_ranges
-from fuse_mount.options import parse_mount_options
+from fuse_mount.options import sort_mount_options
 from layerfs.errors import ConfigError
 from layerfs.types import Stat
 from tests.fuse.conftest import BACKENDS, Mounter
@@ -35,22 +35,22 @@ class TestParsing:
             parse_ranges("uidmapping", bad)
 
     def test_mount_options_build_the_map(self) -> None:
-        opts = parse_mount_options(
+        opts, stack = sort_mount_options(
             ["lowerdir=/a", "uidmapping=0:100000:65536", "gidmapping=0:200000:10"]
         )
         assert opts.idmap is not None
         assert opts.idmap.uids == (IdRange(0, 100000, 65536),)
         assert opts.idmap.gids == (IdRange(0, 200000, 10),)
-        assert opts.stack_options == ("lowerdir=/a",)
-        assert parse_mount_options(["lowerdir=/a"]).idmap is None
+        assert stack == ["lowerdir=/a"]
+        assert sort_mount_options(["lowerdir=/a"])[0].idmap is None
 
     def test_squash_options(self) -> None:
-        opts = parse_mount_options(["lowerdir=/a", "squash_to_root", "squash_to_gid=5"])
+        opts, stack = sort_mount_options(["lowerdir=/a", "squash_to_root", "squash_to_gid=5"])
         assert opts.idmap is not None
         assert (opts.idmap.squash_uid, opts.idmap.squash_gid) == (0, 5)
-        assert opts.stack_options == ("lowerdir=/a",)
+        assert stack == ["lowerdir=/a"]
         with pytest.raises(ConfigError, match="squash_to_uid="):
-            parse_mount_options(["lowerdir=/a", "squash_to_uid=root"])
+            sort_mount_options(["lowerdir=/a", "squash_to_uid=root"])[0]
 
     def test_no_options_no_map(self) -> None:
         assert build_idmap({}, squash_to_root=False) is None

@@ -21,7 +21,7 @@ from hypothesis import given, note
 
 from fuse_mount import mountinfo
 from layerfs import Credentials
-from layerfs.options import stack_option_items
+from layerfs.options import StackOptions, StackSpec, format_mount_options
 from tests import forms
 from tests.differential import ops as O
 from tests.differential import trees as T
@@ -52,9 +52,8 @@ def _fuse_run(
     upper, work, mnt = base / "fupper", base / "fwork", base / "fmnt"
     for d in (upper, work, mnt):
         d.mkdir()
-    items = stack_option_items(lowers, upper, work)
-    if config.options.metacopy:
-        items.append("metacopy=on")
+    spec = StackSpec(tuple(lowers), upper, work, StackOptions(metacopy=config.options.metacopy))
+    items = [format_mount_options(spec)]
     if creds is not None:
         items.append("allow_other")
     run_cli("mount", "-o", ",".join(items), str(mnt))

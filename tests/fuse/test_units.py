@@ -12,10 +12,11 @@ import pytest
 from fuse_mount.attrs import Timeouts
 from fuse_mount.handles import HandleTable, OpenDir
 from fuse_mount.inodes import ROOT_INODE, InodeTable
-from fuse_mount.options import parse_mount_options
+from fuse_mount.options import parse_mount, sort_mount_options
 from layerfs.cli.mount_helper import UsageError, parse_args
 from layerfs.errors import ConfigError
 from layerfs.options import escape_option_value, split_option_list
+from layerfs.whiteout import XattrNamespace
 
 
 def node(ino: int) -> Any:
@@ -35,7 +36,7 @@ class TestOptions:
         assert split_option_list(item + ",rw") == [item, "rw"]
 
     def test_owners(self) -> None:
-        opts = parse_mount_options(
+        opts, stack = sort_mount_options(
             [
                 "lowerdir=/a:/b",
                 "upperdir=/u",
@@ -50,12 +51,7 @@ class TestOptions:
                 "index=off",
             ]
         )
-        assert opts.stack_options == (
-            "lowerdir=/a:/b",
-            "upperdir=/u",
-            "workdir=/w",
-            "index=off",
-        )
+        assert stack == ["lowerdir=/a:/b", "upperdir=/u", "workdir=/w", "index=off"]
         assert {"allow_other", "noatime", "default_permissions", "fsname=img"} <= opts.fuse_options
         assert "subtype=layerfs" in opts.fuse_options
         assert not any(o.startswith(("nofail", "x-", "relatime")) for o in opts.fuse_options)
@@ -63,30 +59,67 @@ class TestOptions:
         assert not opts.readonly
 
     def test_default_permissions_is_always_on(self) -> None:
-        assert "default_permissions" in parse_mount_options(["lowerdir=/a"]).fuse_options
+        assert "default_permissions" in sort_mount_options(["lowerdir=/a"])[0].fuse_options
 
     def test_ro_wins_over_rw(self) -> None:
-        opts = parse_mount_options(["lowerdir=/a", "rw", "ro"])
+        opts = sort_mount_options(["lowerdir=/a", "rw", "ro"])[0]
         assert opts.readonly
         assert "rw" not in opts.fuse_options
 
     def test_fsname_from_source(self) -> None:
-        opts = parse_mount_options(["lowerdir=/a"], fsname="myimage")
+        opts = sort_mount_options(["lowerdir=/a"], fsname="myimage")[0]
         assert "fsname=myimage" in opts.fuse_options
 
     def test_busy_poll(self) -> None:
-        assert parse_mount_options(["lowerdir=/a"]).busy_poll_us == 200
-        assert parse_mount_options(["lowerdir=/a", "busy_poll=0"]).busy_poll_us == 0
-        opts = parse_mount_options(["lowerdir=/a", "busy_poll=50"])
+        assert sort_mount_options(["lowerdir=/a"])[0].busy_poll_us == 200
+        assert sort_mount_options(["lowerdir=/a", "busy_poll=0"])[0].busy_poll_us == 0
+        opts, stack = sort_mount_options(["lowerdir=/a", "busy_poll=50"])
         assert opts.busy_poll_us == 50
-        assert not any(o.startswith("busy_poll") for o in (*opts.fuse_options, *opts.stack_options))
+        assert not any(o.startswith("busy_poll") for o in (*opts.fuse_options, *stack))
 
     @pytest.mark.parametrize(
         "bad", ["timeout=x", "timeout=-1", "threads=0", "fsname=", "busy_poll=-1", "busy_poll=1.5"]
     )
     def test_bad_adapter_option(self, bad: str) -> None:
         with pytest.raises(ConfigError):
-            parse_mount_options(["lowerdir=/a", bad])
+            sort_mount_options(["lowerdir=/a", bad])[0]
+
+
+class TestParseMount:
+    """One reading of a mount's options, at the edge: its stack and its FUSE options."""
+
+    def test_stack_and_fuse_options_from_one_list(self) -> None:
+        items = [r"lowerdir=/a\:x:/b", "upperdir=/u", "workdir=/w", "allow_other", "fsync=0"]
+        spec, opts = parse_mount(items, fsname="img", privileged=True)
+        assert spec.lowers == (Path("/a:x"), Path("/b"))
+        assert (spec.upper, spec.work) == (Path("/u"), Path("/w"))
+        assert spec.options.volatile
+        assert {"allow_other", "fsname=img"} <= opts.fuse_options and not opts.readonly
+
+    def test_layers_given_apart_come_first(self) -> None:
+        spec, _ = parse_mount(
+            ["lowerdir=/c", "metacopy=on"], lowers=[Path("/a,b")], upper=Path("/u"),
+            work=Path("/w"), privileged=True,
+        )  # fmt: skip
+        assert spec.lowers == (Path("/a,b"), Path("/c"))
+        assert (spec.upper, spec.work) == (Path("/u"), Path("/w"))
+        assert spec.options.metacopy
+
+    def test_without_an_upper_the_mount_is_read_only(self) -> None:
+        spec, opts = parse_mount(["rw"], lowers=[Path("/a")], privileged=True)
+        assert spec.upper is None
+        assert opts.readonly and "ro" in opts.fuse_options and "rw" not in opts.fuse_options
+
+    def test_an_option_nobody_takes_is_a_config_error(self) -> None:
+        with pytest.raises(ConfigError, match="unknown mount option: index=off,bogus"):
+            parse_mount(["lowerdir=/a", "index=off", "bogus"], privileged=True)
+
+    def test_privilege_picks_the_upper_format(self, tmp_path: Path) -> None:
+        items = ["lowerdir=/a", f"upperdir={tmp_path}", f"workdir={tmp_path}"]
+        spec, _ = parse_mount(items, privileged=False)
+        assert spec.options.upper_format.xattrs is XattrNamespace.USER
+        spec, _ = parse_mount(items, privileged=True)
+        assert spec.options.upper_format.xattrs is XattrNamespace.TRUSTED
 
 
 class TestHelperArgs:

@@ -13,6 +13,7 @@ from layerfs.cli.main import cli
 from layerfs.errors import RegistryError
 from layerfs.registry import pull, push
 from layerfs.store import Store
+from tests.progress import RecordingProgress
 
 from .helpers import blob_digests, committed_image, image_tree, options
 from .servers import RegistryServer
@@ -44,6 +45,22 @@ def test_roundtrip_commit_push_delete_pull(registry: RegistryServer, tmp_path: P
     listing = CliRunner().invoke(cli, ["images", "--root", str(tmp_path / "fresh")])
     assert listing.exit_code == 0, listing.output
     assert f"{registry.host}/team/roundtrip" in listing.output
+
+
+def test_transfers_report_one_task_per_blob(registry: RegistryServer, tmp_path: Path) -> None:
+    image = committed_image(tmp_path / "store", tmp_path, big=300_000)
+    store = Store.open(tmp_path / "store")
+    ref = f"{registry.host}/team/progress:1"
+    sent = RecordingProgress()
+    push(store, "app:1", ref, options(progress=sent, chunk_size=100_000))
+    received = RecordingProgress()
+    pull(Store.open(tmp_path / "fresh"), ref, options(progress=received))
+    sizes = {d.digest: d.size for d in (image.manifest.config, *image.layers)}
+    for recorder in (sent, received):
+        assert sorted(recorder.tasks) == sorted(sizes)
+        assert {k: t.done for k, t in recorder.tasks.items()} == sizes
+        assert {k: t.total for k, t in recorder.tasks.items()} == sizes
+        assert recorder.all_ended()
 
 
 def test_second_push_and_pull_transfer_nothing(registry: RegistryServer, tmp_path: Path) -> None:

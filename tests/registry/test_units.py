@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from layerfs.cli.registry import BarTransfers
+from layerfs.cli.progress import BarProgress
 from layerfs.errors import BadReferenceError, ConfigError, NotFoundError, RegistryError
 from layerfs.registry import RetryPolicy
 from layerfs.registry.auth import parse_challenge
@@ -269,7 +269,7 @@ def test_add_image_needs_every_blob(tmp_path: Path) -> None:
 def test_progress_bars_from_threads() -> None:
     console = Console(file=io.StringIO(), force_terminal=True)
     with Progress(console=console) as bar:
-        transfers = BarTransfers(bar)
+        transfers = BarProgress(bar)
 
         def work(key: str) -> None:
             transfers.begin(key, key, 100)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from layerfs.errors import DigestMismatchError, NotFoundError, StoreError
+from layerfs.progress import task
 from layerfs.store.blobs import BlobStore, digest_bytes
+from tests.progress import RecordingProgress
 
 
 @pytest.fixture
@@ -126,8 +128,10 @@ def test_adopt_moves_a_finished_file(blobs: BlobStore) -> None:
 
 def test_large_stream_is_hashed_in_chunks(blobs: BlobStore) -> None:
     data = os.urandom(3 * (1 << 20) + 17)
-    seen: list[int] = []
-    info = blobs.put(io.BytesIO(data), _sha(data), len(data), progress=seen.append)
+    recorder = RecordingProgress()
+    with task(recorder, "put", len(data)) as progress:
+        info = blobs.put(io.BytesIO(data), _sha(data), len(data), progress=progress)
+    seen = recorder.tasks["put"].amounts
     assert sum(seen) == len(data) and len(seen) > 1
     with blobs.open(info.digest) as stream:
         assert stream.read() == data

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from layerfs.errors import BadReferenceError
 from layerfs.store.refs import (
     DEFAULT_TAG,
+    DIGEST_RE,
     Reference,
-    is_digest,
     parse_reference,
     parse_tagged,
     short_id_prefix,
@@ -111,5 +111,5 @@ def test_short_ids() -> None:
     assert short_id_prefix("sha256:abcd") == "abcd"
     assert short_id_prefix("abc") is None
     assert short_id_prefix("xyz123") is None
-    assert is_digest(DIGEST)
-    assert not is_digest(DIGEST[:-1])
+    assert DIGEST_RE.match(DIGEST)
+    assert not DIGEST_RE.match(DIGEST[:-1])

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import layerfs.store.store as store_module
-from layerfs import Stack
+from layerfs import Stack, privilege
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
 from layerfs.store.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST
 from layerfs.store.store import Store, default_root
 from layerfs.tar import ChangeKind, Compression
 from layerfs.whiteout import UpperFormat
+from tests.progress import RecordingProgress
+from tests.userns import python_as_namespace_root
 
 from .builders import BASE, TOP, E, Image, sha, write_oci_layout
 from .helpers import tree_files
@@ -41,7 +42,7 @@ def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LAYERFS_ROOT", str(tmp_path / "x"))
     assert default_root() == tmp_path / "x"
     monkeypatch.delenv("LAYERFS_ROOT")
-    if os.geteuid() == 0:
+    if privilege.is_host_root():
         assert default_root() == Path("/var/lib/layerfs")
     else:
         monkeypatch.delenv("XDG_DATA_HOME", raising=False)
@@ -85,6 +86,22 @@ def test_layer_dirs_are_shared_and_in_lower_format(store: Store, imported: dict[
     assert os.stat(bottom / "bin" / "ash").st_ino == os.stat(bottom / "bin" / "sh").st_ino
     assert os.readlink(bottom / "link") == "etc/passwd"
     assert list(store.layout.tmp_dir.iterdir()) == []
+
+
+def test_long_operations_report_through_the_progress_protocol(store: Store, tmp_path: Path) -> None:
+    write_oci_layout(tmp_path / "src", [Image("app:1", [BASE, TOP])])
+    recorder = RecordingProgress()
+    store.import_path(tmp_path / "src", progress=recorder)
+    image = store.resolve("app:1")
+    layer_bytes = sum(d.size for d in image.layers)
+    assert recorder.tasks["importing src"].done == layer_bytes
+    store.layer_dirs(image, recorder)
+    for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
+        unpacking = recorder.tasks[f"unpacking {diff_id[7:19]}"]
+        assert unpacking.total == desc.size and unpacking.done == desc.size
+    store.unpack("app:1", tmp_path / "rootfs", recorder)
+    assert sum(recorder.tasks[f"applying {d[7:19]}"].done for d in image.diff_ids) == layer_bytes
+    assert recorder.all_ended()
 
 
 def test_unpack_flattens(store: Store, imported: dict[str, str], tmp_path: Path) -> None:
@@ -317,6 +334,14 @@ def test_extra_layer_kinds(store: Store, tmp_path: Path) -> None:
     assert (layer / "f").read_bytes() == b"x"
 
 
+def test_default_root_of_uid_0_in_a_user_namespace_is_its_home(tmp_path: Path) -> None:
+    """uid 0 of a user namespace (rootless podman) cannot write /var/lib: it is a user."""
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    code = "from layerfs.store import default_root; print(default_root())"
+    out = python_as_namespace_root(code, env)
+    assert out.strip() == str(tmp_path / ".local" / "share" / "layerfs")
+
+
 def test_unprivileged_layer_format(
     store: Store, imported: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,7 +350,7 @@ def test_unprivileged_layer_format(
         expected = {p: stack.listdir(p) for p in ("/", "/etc", "/usr/lib")}
     for path in store.layout.layers_dir.iterdir():  # unpack again, as a user would
         shutil.rmtree(path)
-    monkeypatch.setattr(store_module, "layer_format", UpperFormat.unprivileged)
+    monkeypatch.setattr(privilege, "layer_format", UpperFormat.unprivileged)
     top, _ = store.layer_dirs(store.resolve("app:1"))
     assert (top / "etc" / ".wh.gone").is_file()
     assert os.getxattr(top / "usr" / "lib", "user.overlay.opaque") == b"y"

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from layerfs.errors import LayerFormatError
+from layerfs.progress import task
 from layerfs.tar import ApplyMode, ApplyOptions, Compression, apply_layer
 from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
+from tests.progress import RecordingProgress
 from tests.tar.tarbuild import MTIME, M, build_tar, compress, d, f, hard, snapshot, sym
 from tests.tar.tarbuild import blob as make_blob
 
@@ -41,13 +43,14 @@ def test_digests_and_size(tmp_path: Path, kind: Compression) -> None:
     data = compress(tar, kind)
     src = tmp_path / "blob"
     src.write_bytes(data)
-    seen: list[int] = []
-    result = apply_layer(src, tmp_path / "out", progress=seen.append)
+    recorder = RecordingProgress()
+    with task(recorder, "apply", len(data)) as progress:
+        result = apply_layer(src, tmp_path / "out", progress=progress)
     assert result.entries == 2
     assert result.size == len(tar)
     assert result.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
     assert result.digest == "sha256:" + hashlib.sha256(data).hexdigest()
-    assert sum(seen) == len(data)
+    assert recorder.tasks["apply"].done == len(data) and recorder.all_ended()
     assert (tmp_path / "out" / "a" / "b").read_bytes() == b"hello" * 1000
 
 

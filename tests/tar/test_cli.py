@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import stat
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from layerfs.cli.layer import layer
+from tests.userns import run_as_namespace_root
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,6 +55,22 @@ def test_create_then_apply(tmp_path: Path, compression: str) -> None:
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
     else:
         assert (tmp_path / "lower" / ".wh.gone").exists()
+
+
+def test_as_layer_of_uid_0_in_a_user_namespace_writes_unprivileged_forms(tmp_path: Path) -> None:
+    """uid 0 of a user namespace can make neither 0/0 devices nor trusted.* xattrs."""
+    upper = _upper(tmp_path)
+    os.setxattr(upper / "d", "user.overlay.opaque", b"y")
+    blob = tmp_path / "blob"
+    assert CliRunner().invoke(layer, ["create", str(upper), str(blob)]).exit_code == 0
+    lower = tmp_path / "lower"
+    code = "from layerfs.cli.main import main; main()"
+    out = run_as_namespace_root(
+        [sys.executable, "-c", code, "layer", "apply", "--as-layer", str(blob), str(lower)]
+    )
+    assert out.startswith("entries ")
+    assert (lower / ".wh.gone").is_file()
+    assert os.getxattr(lower / "d", "user.overlay.opaque") == b"y"
 
 
 def test_help_texts() -> None:

@@ -8,13 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layerfs import ConfigError, Stack
+from layerfs import ConfigError, Stack, StackOptions, StackSpec, UpperFormat
 from layerfs.options import (
+    format_lowerdir,
+    format_mount_options,
     parse_mount_options,
     split_escaped,
+    split_lowerdir,
     split_option_list,
-    stack_option_items,
 )
+from layerfs.whiteout import WhiteoutStyle, XattrNamespace
 
 
 def test_escaped_separators_stay_in_paths() -> None:
@@ -54,14 +57,30 @@ def test_bad_stacks_are_config_errors(tmp_path: Path) -> None:
     ),
     st.text(st.sampled_from("u:,\\="), min_size=1, max_size=6),
 )
-def test_stack_option_items_round_trip(lowers: list[str], upper: str) -> None:
+def test_format_then_parse_round_trips(lowers: list[str], upper: str) -> None:
     """Paths with ``:``, ``,``, ``\\`` or ``=`` survive formatting, splitting and parsing."""
-    items = stack_option_items([Path(p) for p in lowers], Path("/" + upper), Path("/w,:"))
-    text = ",".join([*items, "ro"])
-    spec, rest = parse_mount_options(",".join(split_option_list(text)))
-    assert spec.lowers == tuple(Path(p) for p in lowers)
-    assert spec.upper == Path("/" + upper) and spec.work == Path("/w,:")
+    spec = StackSpec(tuple(Path(p) for p in lowers), Path("/" + upper), Path("/w,:"))
+    text = ",".join([format_mount_options(spec), "ro"])
+    parsed, rest = parse_mount_options(",".join(split_option_list(text)))
+    assert parsed == spec
     assert rest == ["ro"]
+    assert tuple(Path(p) for p in split_lowerdir(format_lowerdir(spec.lowers))) == spec.lowers
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        StackOptions(),
+        StackOptions(UpperFormat.unprivileged(), metacopy=True, volatile=True),
+        StackOptions(UpperFormat(XattrNamespace.USER, WhiteoutStyle.CHARDEV)),
+        StackOptions(UpperFormat(XattrNamespace.TRUSTED, WhiteoutStyle.WH_FILE)),
+    ],
+)
+def test_format_keeps_every_stack_option(options: StackOptions) -> None:
+    spec = StackSpec((Path("/l"),), Path("/u"), Path("/w"), options)
+    assert parse_mount_options(format_mount_options(spec)) == (spec, [])
+    lower_only = StackSpec((Path("/a"), Path("/b")))
+    assert format_mount_options(lower_only) == "lowerdir=/a:/b"
 
 
 def test_metacopy_takes_on_or_off() -> None:

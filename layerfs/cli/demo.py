@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from layerfs.options import format_lowerdir
 from layerfs.whiteout import is_whiteout_stat
 
 LAYERS: dict[str, dict[str, str]] = {
@@ -45,7 +46,7 @@ def build(root: Path) -> tuple[list[Path], Path, Path, Path]:
 
 def layerfs(*args: str) -> None:
     print(f"$ layerfs {' '.join(args)}")
-    subprocess.run([sys.executable, "-m", "layerfs", *args], check=True)
+    subprocess.run([sys.executable, "-m", "layerfs.cli", *args], check=True)
 
 
 def show(title: str, text: str) -> None:
@@ -74,8 +75,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="layerfs-demo-") as tmp:
         lowers, upper, work, mnt = build(Path(tmp))
         print(f"three layers in {tmp}: top -> middle -> base, plus an empty upper\n")
-        lower_arg = ":".join(str(p) for p in lowers)
-        layerfs("mount", "--lower", lower_arg, "--upper", str(upper), "--work", str(work), str(mnt))
+        layerfs(
+            "mount",
+            "--lower",
+            format_lowerdir(lowers),
+            "--upper",
+            str(upper),
+            "--work",
+            str(work),
+            str(mnt),
+        )
         try:
             show(
                 "\n1. shadowing: /etc/motd exists in base and middle; the mount shows middle's",

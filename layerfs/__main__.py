@@ -1,5 +1,0 @@
-"""``python -m layerfs`` runs the command line."""
-
-from layerfs.cli.main import main
-
-main()

@@ -1,0 +1,37 @@
+"""Run a command as uid 0 of a new user namespace: root to itself, without real privilege.
+
+That is how rootless podman runs a mount program; :mod:`layerfs.privilege` must not take it
+for root of the host. ``unshare --map-root-user`` maps the caller's own uid to 0 and nothing
+else, so files the caller owns stay writable inside.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+TIMEOUT = 120  # seconds
+USERNS = ("unshare", "--user", "--map-root-user")
+
+
+def run_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Run *argv* as uid 0 of a new user namespace; its stdout. Skips the test (with the
+    reason) where user namespaces cannot be made; fails it when *argv* fails."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    probe = subprocess.run([*USERNS, "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a user namespace: {probe.stderr.strip()}")
+    done = subprocess.run(
+        [*USERNS, *argv], capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def python_as_namespace_root(code: str, env: dict[str, str] | None = None) -> str:
+    """Run Python *code* with this interpreter as uid 0 of a new user namespace."""
+    return run_as_namespace_root([sys.executable, "-c", code], env)
