@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from layerfs import hostfs
+from layerfs import hostfs, privilege
 from layerfs.tar._entries import XATTR_PREFIXES, Entry, Kind, malformed, unsafe
 from layerfs.tar._streams import CHUNK
 from layerfs.whiteout import (
@@ -50,8 +50,9 @@ ReadFn = Callable[[int], bytes]
 
 
 def may_create_devices() -> bool:
-    """Device nodes are created only by root (a layer must not hand anyone else a device)."""
-    return os.geteuid() == 0
+    """Device nodes are created only by root of the host (a layer must not hand anyone else a
+    device, and uid 0 of a user namespace cannot make one)."""
+    return privilege.is_host_root()
 
 
 @dataclass(slots=True)
