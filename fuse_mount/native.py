@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import layerfs
 from fuse_mount import wire
@@ -52,16 +52,19 @@ _RENAME_FLAGS = {
 _NOW = (1 << 30) - 1  # marks "the current time" among setattr fields
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """The decoded ``fuse_in_header`` of one request."""
+class Request(NamedTuple):
+    """The decoded ``fuse_in_header`` of one request, field for field (a named tuple: one is
+    made for every request, straight from the unpacked header)."""
 
+    len: int
     opcode: int
     unique: int
     nodeid: int
     uid: int
     gid: int
     pid: int
+    total_extlen: int
+    padding: int
 
     def caller(self) -> Caller:
         return Caller(self.uid, self.gid, self.pid)

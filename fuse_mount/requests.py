@@ -23,7 +23,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import layerfs
 from fuse_mount.attrs import Timeouts
@@ -56,16 +56,18 @@ class Caller:
         return {"uid": self.uid, "gid": self.gid}
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """Attributes for a reply and how long the kernel may cache them (seconds)."""
+class Attr(NamedTuple):
+    """Attributes for a reply and how long the kernel may cache them (seconds).
+
+    Named tuples, not frozen dataclasses, for the replies every request builds: a tuple is
+    built several times faster.
+    """
 
     st: Stat
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A reply that names an object: ``st`` is None for "no such name" (a negative entry).
 
     When ``st`` is set the lookup count of ``nodeid`` (the kernel's name for the object,
@@ -78,8 +80,7 @@ class Entry:
     nodeid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """An open file: its handle number, whether its cached pages stay valid, the handle."""
 
     fh: int
