@@ -11,7 +11,6 @@ descriptor over a socket named in ``_FUSE_COMMFD``, libfuse's convention; with
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import shutil
 import socket
@@ -47,7 +46,9 @@ _CLEARS = {"suid": MS_NOSUID, "dev": MS_NODEV, "exec": MS_NOEXEC, "async": MS_SY
 _DATA_OPTIONS = ("default_permissions", "allow_other")
 _IGNORED = frozenset({"rw", "atime", "allow_root", "auto_unmount"})
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library this process already has loaded (find_library would run ldconfig: a fork
+# and an exec in every mount).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
