@@ -302,17 +302,21 @@ class Handlers:
     def _readdir(self, body: bytes, plus: bool) -> Payload:
         fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
         out = bytearray()
+        head = wire.DIRENT.size + (wire.ENTRY_OUT.size if plus else 0)
+        entry_out, dirent, pads = wire.entry_out, wire.DIRENT.pack, wire.DIRENT_PADDING
 
         def emit(name: bytes, entry: Entry, next_offset: int) -> bool:
             st = entry.st
             assert st is not None
-            if len(out) + wire.dirent_size(len(name), plus) > size:
+            namelen = len(name)
+            padded = (namelen + 7) & ~7  # names are padded to 8 bytes
+            if len(out) + head + padded > size:
                 return False
             if plus:
-                out.extend(
-                    wire.entry_out(entry.nodeid, st, entry.entry_timeout, entry.attr_timeout)
-                )
-            wire.pack_dirent(out, st.ino, next_offset, name, st.mode)
+                out.extend(entry_out(entry.nodeid, st, entry.entry_timeout, entry.attr_timeout))
+            out.extend(dirent(st.ino, next_offset, namelen, (st.mode >> 12) & 0o17))
+            out.extend(name)
+            out.extend(pads[padded - namelen])
             return True
 
         self.requests.readdir(fh, offset, emit, plus)

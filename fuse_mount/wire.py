@@ -244,20 +244,7 @@ def kstatfs(st: StatFs) -> bytes:
     )
 
 
-def dirent_size(name_len: int, plus: bool) -> int:
-    """Bytes one directory entry takes in a READDIR(PLUS) reply (8-byte aligned)."""
-    size = DIRENT.size + name_len
-    size = (size + 7) & ~7
-    return size + ENTRY_OUT.size if plus else size
-
-
-def pack_dirent(buf: bytearray, ino: int, offset: int, name: bytes, mode: int) -> None:
-    """Append a ``struct fuse_dirent`` (and the name, zero-padded to 8 bytes) to *buf*."""
-    buf += DIRENT.pack(ino, offset, len(name), (mode >> 12) & 0o17)
-    buf += name
-    pad = -len(name) % 8
-    if pad:
-        buf += b"\0" * pad
+DIRENT_PADDING = tuple(b"\0" * n for n in range(8))  # what pads a name to 8 bytes
 
 
 def cstring(data: bytes, start: int = 0) -> tuple[bytes, int]:
