@@ -162,8 +162,8 @@ class Requests:
     def _entry(self, node: Node, st: Stat) -> Entry:
         """Hand *node* to the kernel: counts one lookup."""
         nodeid = self.inodes.remember(node)
-        timeout = self._timeout(node)
-        return Entry(self._shown(st), timeout, timeout, nodeid)
+        timeout = self.timeouts.lower if node.lower_only else self.timeouts.upper
+        return Entry(st if self.idmap is None else self.idmap.show(st), timeout, timeout, nodeid)
 
     # -- owners: the one hook of fuse_mount.idmap ----------------------------------------------
     def _shown(self, st: Stat) -> Stat:
