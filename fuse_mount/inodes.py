@@ -66,6 +66,10 @@ class InodeTable:
         except KeyError:
             raise oserror(errno.ESTALE) from None
 
+    def holds(self, ino: int) -> bool:
+        """Whether the kernel (or an open handle) still refers to *ino*."""
+        return ino in self._nodes
+
     def nodeid(self, node: Node) -> int:
         """The id a reply names *node* by (its inode number unless it was retired)."""
         return self._renamed.get(node.ino, node.ino)
