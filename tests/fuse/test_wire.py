@@ -14,7 +14,7 @@ import pytest
 
 import layerfs
 from fuse_mount import wire
-from fuse_mount.options import parse_mount_options
+from fuse_mount.options import sort_mount_options
 from fuse_mount.session import Session
 
 from .conftest import write_tree
@@ -51,7 +51,7 @@ def conn(tmp_path: Path) -> Iterator[Wire]:
     lower = write_tree(tmp_path / "lower", {"dir": None, **{f"dir/{n}": n for n in NAMES}})
     os.symlink("dir", lower / "link")
     stack = layerfs.Stack([str(lower)])
-    session = Session(stack, tmp_path / "mnt", parse_mount_options(["lower_timeout=5.5"]))
+    session = Session(stack, tmp_path / "mnt", sort_mount_options(["lower_timeout=5.5"])[0])
     read_end, write_end = os.pipe()
     session.fd = write_end
     try:
