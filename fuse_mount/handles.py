@@ -46,21 +46,24 @@ T = TypeVar("T", OpenFile, OpenDir)
 
 
 class HandleTable(Generic[T]):
-    """Handle number -> open object. Numbers are never reused within one mount."""
+    """Handle number -> open object. Numbers are never reused within one mount.
+
+    Opening and releasing a file costs two dictionary operations: which handles an inode
+    has is found by a scan (:meth:`of_inode`), which only the rare getattr of a file whose
+    name is gone needs.
+    """
 
     def __init__(self) -> None:
         self._open: dict[int, T] = {}
         self._next = 1
-        self._by_inode: dict[int, set[int]] = {}
         self._lock = threading.Lock()  # worker threads open and close files too
 
     def add(self, item: T) -> int:
         with self._lock:
             fh = self._next
             self._next += 1
-            self._open[fh] = item
-            self._by_inode.setdefault(item.ino, set()).add(fh)
-            return fh
+        self._open[fh] = item
+        return fh
 
     def get(self, fh: int) -> T:
         """The object of handle *fh*; ``EBADF`` for a handle that is not open."""
@@ -70,25 +73,22 @@ class HandleTable(Generic[T]):
             raise oserror(errno.EBADF) from None
 
     def pop(self, fh: int) -> T:
-        with self._lock:
-            item = self.get(fh)
-            del self._open[fh]
-            handles = self._by_inode[item.ino]
-            handles.discard(fh)
-            if not handles:
-                del self._by_inode[item.ino]
-            return item
+        """Remove handle *fh* and return its object; ``EBADF`` if it is not open."""
+        try:
+            return self._open.pop(fh)
+        except KeyError:
+            raise oserror(errno.EBADF) from None
 
     def of_inode(self, ino: int) -> Iterator[T]:
         """The open objects of inode *ino* (e.g. to stat a file whose name is gone)."""
-        for fh in tuple(self._by_inode.get(ino, ())):
-            yield self._open[fh]
+        for item in list(self._open.values()):
+            if item.ino == ino:
+                yield item
 
     def drain(self) -> list[T]:
         """Remove and return everything still open (at unmount)."""
         items = list(self._open.values())
         self._open.clear()
-        self._by_inode.clear()
         return items
 
     def statistics(self) -> HandleStatistics:

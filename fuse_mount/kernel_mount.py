@@ -11,16 +11,17 @@ descriptor over a socket named in ``_FUSE_COMMFD``, libfuse's convention; with
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import shutil
-import socket
 import stat
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fuse_mount.mount import MountFailedError
+
+if TYPE_CHECKING:  # imported where used: a mount as root needs none of them
+    import socket
+    import subprocess
 
 FUSE_DEVICE = "/dev/fuse"
 FUSERMOUNT = "fusermount3"
@@ -47,7 +48,9 @@ _CLEARS = {"suid": MS_NOSUID, "dev": MS_NODEV, "exec": MS_NOEXEC, "async": MS_SY
 _DATA_OPTIONS = ("default_permissions", "allow_other")
 _IGNORED = frozenset({"rw", "atime", "allow_root", "auto_unmount"})
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library this process already has loaded (find_library would run ldconfig: a fork
+# and an exec in every mount).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -127,6 +130,10 @@ def _fusermount_options(fuse_options: frozenset[str]) -> str:
 
 
 def _mount_with_fusermount(mountpoint: Path, fuse_options: frozenset[str]) -> KernelMount:
+    import shutil
+    import socket
+    import subprocess
+
     tool = shutil.which(FUSERMOUNT)
     if tool is None:
         raise MountFailedError(f"cannot mount {mountpoint}: {FUSERMOUNT} is not installed")
@@ -159,6 +166,8 @@ def _mount_with_fusermount(mountpoint: Path, fuse_options: frozenset[str]) -> Ke
 
 def _receive_fd(sock: socket.socket) -> int | None:
     """The descriptor fusermount3 sends with SCM_RIGHTS, or None when it sent none."""
+    import socket
+
     try:
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
     except OSError:
@@ -174,6 +183,9 @@ def unmount(mounted: KernelMount) -> None:
     if mounted.privileged:
         _libc.umount2(os.fsencode(mounted.mountpoint), MNT_DETACH)
     else:
+        import shutil
+        import subprocess
+
         tool = shutil.which(FUSERMOUNT)
         if tool is not None:
             subprocess.run(

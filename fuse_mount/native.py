@@ -10,7 +10,8 @@ Passthrough (:class:`Passthrough`): a regular file opened through a mount with
 ``FUSE_PASSTHROUGH`` is given to the kernel as a *backing file* (``FUSE_DEV_IOC_BACKING_OPEN``),
 and its reads, writes, splices and mmaps then go to the host file without this daemon. The
 kernel allows one backing file per inode while any passthrough open of it exists, so the id is
-shared by those opens and closed with the last of them. The kernel refuses any other open of
+shared by those opens; it stays registered after the last of them, for the next open
+(:class:`Passthrough` says until when). The kernel refuses any other open of
 an inode that has a passthrough open (another backing file, or none), so when a node was
 copied up while an open still passes through to its lower file, the next open of it retires
 that kernel inode (:meth:`fuse_mount.inodes.InodeTable.retire`) and answers ESTALE: the
@@ -27,9 +28,9 @@ import logging
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import layerfs
 from fuse_mount import wire
@@ -50,18 +51,22 @@ _RENAME_FLAGS = {
     wire.RENAME_EXCHANGE: layerfs.RENAME_EXCHANGE,
 }
 _NOW = (1 << 30) - 1  # marks "the current time" among setattr fields
+IDLE_LIMIT = 32768  # idle backing ids kept registered at most (each holds a host file open)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """The decoded ``fuse_in_header`` of one request."""
+class Request(NamedTuple):
+    """The decoded ``fuse_in_header`` of one request, field for field (a named tuple: one is
+    made for every request, straight from the unpacked header)."""
 
+    len: int
     opcode: int
     unique: int
     nodeid: int
     uid: int
     gid: int
     pid: int
+    total_extlen: int
+    padding: int
 
     def caller(self) -> Caller:
         return Caller(self.uid, self.gid, self.pid)
@@ -75,7 +80,16 @@ class _Backing:
 
 
 class Passthrough:
-    """Backing ids of the inodes with passthrough opens (see the module docstring)."""
+    """Backing ids of the inodes with passthrough opens (see the module docstring).
+
+    A backing id outlives the last open of its inode: it stays registered, *idle*, so that
+    the next open of the inode passes through without registering the host file again (a
+    program that reads a tree opens every file once per pass; registering and closing the
+    backing file is two ``ioctl`` calls and a host ``open`` in each round trip). An idle id
+    still holds its host file open in the kernel; it is closed when the kernel forgets the
+    inode (:meth:`forget`), when it belongs to an earlier version of the node (a copy-up),
+    or when more than :data:`IDLE_LIMIT` are idle (the oldest first).
+    """
 
     STALE = -1  # attach(): the inode passes through to another host file (before a copy-up)
 
@@ -85,6 +99,7 @@ class Passthrough:
         self._lock = threading.Lock()
         self._by_inode: dict[int, _Backing] = {}
         self._by_fh: dict[int, int] = {}
+        self._idle: dict[int, None] = {}  # inodes whose backing has no open, oldest first
 
     def attach(self, ino: int, fh: int, handle: FileHandle) -> int | None:
         """The backing id for a new open *fh* of kernel inode *ino*; :data:`STALE` when the
@@ -93,9 +108,14 @@ class Passthrough:
         version = handle.node.version
         with self._lock:
             backing = self._by_inode.get(ino)
-            if backing is not None:
-                if backing.version != version:
+            if backing is not None and backing.version != version:
+                if backing.opens:
                     return self.STALE
+                self._close(ino)  # idle, for the host file the node had before a copy-up
+                backing = None
+            if backing is not None:
+                if not backing.opens:
+                    del self._idle[ino]
                 backing.opens += 1
                 self._by_fh[fh] = ino
                 return backing.backing_id
@@ -117,7 +137,7 @@ class Passthrough:
             return int(backing_id)
 
     def detach(self, fh: int) -> None:
-        """Open *fh* was released: close the backing id with the inode's last such open."""
+        """Open *fh* was released: its inode's backing id becomes idle with its last open."""
         with self._lock:
             ino = self._by_fh.pop(fh, None)
             if ino is None:
@@ -126,19 +146,32 @@ class Passthrough:
             backing.opens -= 1
             if backing.opens:
                 return
-            del self._by_inode[ino]
-            try:
-                fcntl.ioctl(
-                    self._device,
-                    wire.DEV_IOC_BACKING_CLOSE,
-                    wire.BACKING_ID.pack(backing.backing_id),
-                )
-            except OSError as exc:
-                log.debug("closing backing id %d: %s", backing.backing_id, exc)
+            self._idle[ino] = None
+            if len(self._idle) > IDLE_LIMIT:
+                self._close(next(iter(self._idle)))
+
+    def forget(self, inodes: Iterable[int]) -> None:
+        """The kernel forgot *inodes*: close their idle backing ids (never raises)."""
+        with self._lock:
+            for ino in inodes:
+                if ino in self._idle:
+                    self._close(ino)
 
     def in_use(self) -> int:
+        """Backing ids registered, idle or not."""
         with self._lock:
             return len(self._by_inode)
+
+    def _close(self, ino: int) -> None:
+        """Close the backing id of *ino*, which has no open (with the lock held)."""
+        backing = self._by_inode.pop(ino)
+        self._idle.pop(ino, None)
+        try:
+            fcntl.ioctl(
+                self._device, wire.DEV_IOC_BACKING_CLOSE, wire.BACKING_ID.pack(backing.backing_id)
+            )
+        except OSError as exc:
+            log.debug("closing backing id %d: %s", backing.backing_id, exc)
 
 
 class Handlers:
@@ -156,15 +189,21 @@ class Handlers:
 
     def forget(self, req: Request, body: bytes) -> Payload:
         (count,) = wire.FORGET_IN.unpack_from(body)
-        self.requests.forget(((req.nodeid, count),))
+        self._forget([(req.nodeid, count)])
         return NO_REPLY
 
     def batch_forget(self, req: Request, body: bytes) -> Payload:
         count, _ = wire.BATCH_FORGET_IN.unpack_from(body)
         size, start = wire.FORGET_ONE.size, wire.BATCH_FORGET_IN.size
         items = [wire.FORGET_ONE.unpack_from(body, start + i * size) for i in range(count)]
-        self.requests.forget(items)
+        self._forget(items)
         return NO_REPLY
+
+    def _forget(self, items: list[tuple[int, int]]) -> None:
+        self.requests.forget(items)
+        if self.passthrough is not None:
+            inodes = self.requests.inodes
+            self.passthrough.forget(ino for ino, _ in items if not inodes.holds(ino))
 
     def getattr(self, req: Request, body: bytes) -> Payload:
         flags, _, fh = wire.GETATTR_IN.unpack_from(body)
@@ -299,17 +338,21 @@ class Handlers:
     def _readdir(self, body: bytes, plus: bool) -> Payload:
         fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
         out = bytearray()
+        head = wire.DIRENT.size + (wire.ENTRY_OUT.size if plus else 0)
+        entry_out, dirent, pads = wire.entry_out, wire.DIRENT.pack, wire.DIRENT_PADDING
 
         def emit(name: bytes, entry: Entry, next_offset: int) -> bool:
             st = entry.st
             assert st is not None
-            if len(out) + wire.dirent_size(len(name), plus) > size:
+            namelen = len(name)
+            padded = (namelen + 7) & ~7  # names are padded to 8 bytes
+            if len(out) + head + padded > size:
                 return False
             if plus:
-                out.extend(
-                    wire.entry_out(entry.nodeid, st, entry.entry_timeout, entry.attr_timeout)
-                )
-            wire.pack_dirent(out, st.ino, next_offset, name, st.mode)
+                out.extend(entry_out(entry.nodeid, st, entry.entry_timeout, entry.attr_timeout))
+            out.extend(dirent(st.ino, next_offset, namelen, (st.mode >> 12) & 0o17))
+            out.extend(name)
+            out.extend(pads[padded - namelen])
             return True
 
         self.requests.readdir(fh, offset, emit, plus)

@@ -56,10 +56,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 MAX_WRITE = 1 << 20  # bytes: 1 MiB requests
 MAX_PAGES = MAX_WRITE // 4096
 BUFFER_SIZE = MAX_WRITE + 4096  # a WRITE request's header and body fit
+SMALL_REPLY = 4096  # bytes: replies up to this size are sent with one copy and one write
 MAX_BACKGROUND = 64
 CONGESTION_THRESHOLD = 48
 PASSTHROUGH_STACK_DEPTH = 1  # backing files on an ordinary filesystem (not a stacked one)
-_BLOCKING_OPS = frozenset(op for op, (_, slow) in HANDLERS.items() if slow)
+BoundHandler = Callable[[Request, bytes], Payload]
+_request = Request._make
 
 
 class _Stop(BaseException):
@@ -74,6 +76,11 @@ class Session:
         self.options = options
         self.requests = Requests(stack, options.timeouts, options.idmap)
         self.handlers = Handlers(self.requests)
+        # opcode -> (handler bound to this session's Handlers, may block)
+        self._table: dict[int, tuple[BoundHandler, bool]] = {
+            op: (handler.__get__(self.handlers), slow) for op, (handler, slow) in HANDLERS.items()
+        }
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self.mounted: kernel_mount.KernelMount | None = None
         self.fd = -1
         self.proto_minor = 0
@@ -97,6 +104,7 @@ class Session:
         try:
             self._negotiate()
             self.requests.invalidate = self._notify_inval_inode
+            self._debug = log.isEnabledFor(logging.DEBUG)
             on_ready()
             self._loop()
         except _Stop:
@@ -205,20 +213,34 @@ class Session:
         try:
             if self._stopping:
                 raise _Stop
-            return os.readv(self.fd, [self._buffer])
+            return os.readv(self.fd, [self._buffer])  # blocking: INIT only
         finally:
             self._waiting = False
 
     def _loop(self) -> None:
+        """Read and serve requests until the session ends.
+
+        The device is non-blocking here: a read that finds a request waiting costs one
+        system call; only when none is waiting does the loop spin (``busy_poll``) and then
+        sleep in ``poll``.
+        """
         poll = select.poll()
         poll.register(self.fd, select.POLLIN)
         window_ns = self.options.busy_poll_us * 1000
         view = memoryview(self._buffer)
+        iov = [self._buffer]
+        fd = self.fd
+        dispatch = self._dispatch
+        os.set_blocking(fd, False)
         while not self._stopping:
-            if window_ns and _spin(poll, window_ns):
-                self.caught += 1
             try:
-                n = self._read()
+                n = os.readv(fd, iov)
+            except BlockingIOError:
+                if window_ns and _spin(poll, window_ns):
+                    self.caught += 1
+                else:
+                    self._wait(poll)
+                continue
             except OSError as exc:
                 if exc.errno == errno.ENOENT:  # the request was interrupted: read the next
                     continue
@@ -226,36 +248,52 @@ class Session:
                     return  # unmounted
                 raise
             self.served += 1
-            if self._dispatch(view, n):
+            if dispatch(view, n):
                 return
+
+    def _wait(self, poll: select.poll) -> None:
+        """Sleep until a request is waiting (a stop signal interrupts the sleep)."""
+        self._waiting = True
+        try:
+            if self._stopping:
+                raise _Stop
+            poll.poll()
+        finally:
+            self._waiting = False
 
     def _dispatch(self, view: memoryview, n: int) -> bool:
         """Serve one request (or hand it to a worker); True when the session is over."""
-        _, opcode, unique, nodeid, uid, gid, pid, _, _ = wire.IN_HEADER.unpack_from(view)
-        body = bytes(view[wire.IN_HEADER.size : n])
-        req = Request(opcode, unique, nodeid, uid, gid, pid)
-        if opcode == wire.Op.DESTROY:
-            self._send(unique, 0, b"")
-            return True
-        entry = HANDLERS.get(opcode)
+        req = _request(wire.IN_HEADER.unpack_from(view))
+        body = view[wire.IN_HEADER.size : n].tobytes()
+        entry = self._table.get(req.opcode)
         if entry is None:
-            self._reply_error(unique, errno.ENOSYS)
+            if req.opcode == wire.Op.DESTROY:
+                self._send(req.unique, 0, b"")
+                return True
+            self._reply_error(req.unique, errno.ENOSYS)
             return False
         handler, slow = entry
-        if slow or (opcode == wire.Op.OPEN and open_may_block(body)):
+        if slow or (req.opcode == wire.Op.OPEN and open_may_block(body)):
             self._pool.submit(self._serve, handler, req, body)
-        else:
+        elif self._debug:
             self._serve(handler, req, body)
+        else:  # _serve without the debug log, inline: the path of nearly every request
+            try:
+                payload = handler(req, body)
+            except Exception as exc:
+                self._reply_error(req.unique, errno_of(exc, describe_call(req)))
+                return False
+            if payload is not NO_REPLY:
+                self._reply(req.unique, payload)
         return False
 
-    def _serve(self, handler: Callable[[Handlers, Request, bytes], Payload], req: Request,
-               body: bytes) -> None:  # fmt: skip
+    def _serve(self, handler: BoundHandler, req: Request, body: bytes) -> None:
         """Run one handler and send its reply; the one place errors become error replies."""
-        debug = log.isEnabledFor(logging.DEBUG)
+        debug = self._debug
         if debug:
             log.debug("-> %s", describe_call(req))
         try:
-            payload = handler(self.handlers, req, body)
+            payload = handler(req, body)
         except Exception as exc:
             self._reply_error(req.unique, errno_of(exc, describe_call(req)))
             return
@@ -263,9 +301,28 @@ class Session:
             return
         if debug:
             log.debug("<- %s: %s", describe_call(req), describe(payload))
-        self._send(req.unique, 0, payload)
+        self._reply(req.unique, payload)
 
     # -- replies and notifications ---------------------------------------------------------
+    def _reply(self, unique: int, payload: Payload) -> None:
+        """Send a successful reply: one ``write`` of header and payload when it is small (the
+        copy costs less than building an I/O vector), ``writev`` otherwise."""
+        assert payload is not None
+        try:
+            if isinstance(payload, list):
+                size = wire.OUT_HEADER.size + sum(map(len, payload))
+                os.writev(self.fd, [wire.OUT_HEADER.pack(size, 0, unique), *payload])
+            elif len(payload) <= SMALL_REPLY:
+                header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(payload), 0, unique)
+                os.write(self.fd, header + payload)
+            else:
+                header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(payload), 0, unique)
+                os.writev(self.fd, [header, payload])
+        except OSError as exc:
+            # ENOENT: the request was interrupted and is gone; ENODEV: unmounted meanwhile
+            if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):
+                raise
+
     def _send(self, unique: int, error: int, payload: Payload) -> None:
         parts = payload if isinstance(payload, list) else [payload] if payload else []
         size = wire.OUT_HEADER.size + sum(len(p) for p in parts)

@@ -9,6 +9,7 @@ constant. Handlers never use an offset or a size that is not one of these.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from typing import TYPE_CHECKING
 
@@ -191,40 +192,50 @@ assert ENTRY_OUT.size == 128 and ATTR_OUT.size == 104 and INIT_OUT.size == 64
 assert SETATTR_IN.size == 88 and KSTATFS.size == 80 and READ_IN.size == 40
 
 
-def _split_ns(ns: int) -> tuple[int, int]:
-    sec, nsec = divmod(ns, 1_000_000_000)
-    return sec, nsec
-
-
-def _valid(timeout: float) -> tuple[int, int]:
-    """A cache timeout in seconds as the kernel's ``(seconds, nanoseconds)`` pair."""
+@functools.cache
+def valid(timeout: float) -> tuple[int, int]:
+    """A cache timeout in seconds as the kernel's ``(seconds, nanoseconds)`` pair (a mount
+    uses two or three timeouts, so each is split once)."""
     sec = int(timeout)
     return sec, int((timeout - sec) * 1e9)
 
 
-def attr_fields(st: Stat) -> tuple[int, ...]:
-    """``struct fuse_attr`` of *st*, as the field tuple :data:`ATTR` packs."""
-    a_s, a_ns = _split_ns(st.atime_ns)
-    m_s, m_ns = _split_ns(st.mtime_ns)
-    c_s, c_ns = _split_ns(st.ctime_ns)
-    return (
-        st.ino, st.size, st.blocks, a_s, m_s, c_s, a_ns, m_ns, c_ns,
-        st.mode, st.nlink, st.uid, st.gid, st.rdev & 0xFFFFFFFF, st.blksize, 0,
-    )  # fmt: skip
+_NEGATIVE_ATTR = (0,) * 16
 
 
 def entry_out(nodeid: int, st: Stat | None, entry_timeout: float, attr_timeout: float) -> bytes:
-    """``struct fuse_entry_out``: nodeid 0 (no attributes) is a negative entry."""
-    e_s, e_ns = _valid(entry_timeout)
+    """``struct fuse_entry_out``: nodeid 0 (no attributes) is a negative entry.
+
+    Every lookup and every readdirplus entry is one of these: one ``pack`` call, and no
+    objects but the field tuple.
+    """
+    e_s, e_ns = valid(entry_timeout)
     if st is None:
-        return ENTRY_OUT.pack(0, 0, e_s, 0, e_ns, 0, *(0,) * 16)
-    a_s, a_ns = _valid(attr_timeout)
-    return ENTRY_OUT.pack(nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_fields(st))
+        return ENTRY_OUT.pack(0, 0, e_s, 0, e_ns, 0, *_NEGATIVE_ATTR)
+    a_s, a_ns = valid(attr_timeout)
+    ino, mode, nlink, uid, gid, rdev, size, blocks, blksize, atime, mtime, ctime = st
+    at_s, at_ns = divmod(atime, 1_000_000_000)
+    mt_s, mt_ns = divmod(mtime, 1_000_000_000)
+    ct_s, ct_ns = divmod(ctime, 1_000_000_000)
+    return ENTRY_OUT.pack(
+        nodeid, 0, e_s, a_s, e_ns, a_ns,
+        ino, size, blocks, at_s, mt_s, ct_s, at_ns, mt_ns, ct_ns,
+        mode, nlink, uid, gid, rdev & 0xFFFFFFFF, blksize, 0,
+    )  # fmt: skip
 
 
 def attr_out(st: Stat, timeout: float) -> bytes:
-    a_s, a_ns = _valid(timeout)
-    return ATTR_OUT.pack(a_s, a_ns, 0, *attr_fields(st))
+    """``struct fuse_attr_out``."""
+    a_s, a_ns = valid(timeout)
+    ino, mode, nlink, uid, gid, rdev, size, blocks, blksize, atime, mtime, ctime = st
+    at_s, at_ns = divmod(atime, 1_000_000_000)
+    mt_s, mt_ns = divmod(mtime, 1_000_000_000)
+    ct_s, ct_ns = divmod(ctime, 1_000_000_000)
+    return ATTR_OUT.pack(
+        a_s, a_ns, 0,
+        ino, size, blocks, at_s, mt_s, ct_s, at_ns, mt_ns, ct_ns,
+        mode, nlink, uid, gid, rdev & 0xFFFFFFFF, blksize, 0,
+    )  # fmt: skip
 
 
 def kstatfs(st: StatFs) -> bytes:
@@ -233,20 +244,7 @@ def kstatfs(st: StatFs) -> bytes:
     )
 
 
-def dirent_size(name_len: int, plus: bool) -> int:
-    """Bytes one directory entry takes in a READDIR(PLUS) reply (8-byte aligned)."""
-    size = DIRENT.size + name_len
-    size = (size + 7) & ~7
-    return size + ENTRY_OUT.size if plus else size
-
-
-def pack_dirent(buf: bytearray, ino: int, offset: int, name: bytes, mode: int) -> None:
-    """Append a ``struct fuse_dirent`` (and the name, zero-padded to 8 bytes) to *buf*."""
-    buf += DIRENT.pack(ino, offset, len(name), (mode >> 12) & 0o17)
-    buf += name
-    pad = -len(name) % 8
-    if pad:
-        buf += b"\0" * pad
+DIRENT_PADDING = tuple(b"\0" * n for n in range(8))  # what pads a name to 8 bytes
 
 
 def cstring(data: bytes, start: int = 0) -> tuple[bytes, int]:

@@ -1,6 +1,8 @@
 """Entry point of the ``layerfs`` command: a click group that gathers the subcommand modules.
 
-Each module listed in :data:`COMMAND_MODULES` exposes ``COMMANDS``, a list of click commands.
+Each module named in :data:`COMMAND_MODULES` exposes ``COMMANDS``, a list of click commands;
+a module is imported only when one of its commands runs (or ``--help`` lists them), so
+``layerfs mount`` does not pay for the store, the registry client and rich.
 Errors a user can cause (a missing lower, a bad reference) are printed as one line and exit 1;
 a traceback is shown only with ``--debug``.
 
@@ -22,18 +24,33 @@ from layerfs import __version__
 from layerfs.cli import dropin
 from layerfs.errors import LayerfsError, describe_error
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "layerfs.cli.mount",
-    "layerfs.cli.layer",
-    "layerfs.cli.images",
-    "layerfs.cli.containers",
-    "layerfs.cli.volumes",
-    "layerfs.cli.registry",
-)
+# command name -> the module whose COMMANDS holds it
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(("mount", "umount"), "layerfs.cli.mount"),
+    "layer": "layerfs.cli.layer",
+    **dict.fromkeys(
+        ("images", "tag", "rmi", "inspect", "import", "export", "unpack", "squash"),
+        "layerfs.cli.images",
+    ),
+    **dict.fromkeys(("create", "ps", "rm", "diff", "commit", "bundle"), "layerfs.cli.containers"),
+    "volume": "layerfs.cli.volumes",
+    **dict.fromkeys(("pull", "push", "login", "logout"), "layerfs.cli.registry"),
+}
 
 
 class _Group(click.Group):
-    """Turns expected failures into one-line messages instead of tracebacks."""
+    """Imports a command's module when the command is asked for, and turns expected failures
+    into one-line messages instead of tracebacks."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            for command in importlib.import_module(module).COMMANDS:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -59,14 +76,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     )
 
 
-for _module_name in COMMAND_MODULES:
-    for _command in importlib.import_module(_module_name).COMMANDS:
-        cli.add_command(_command)
-
-
 def main() -> None:
     """Console-script entry point: a subcommand, or a FUSE-convention mount call."""
     argv = sys.argv[1:]
-    if dropin.is_dropin_call(argv, cli.commands):
+    if dropin.is_dropin_call(argv, COMMAND_MODULES):
         sys.exit(dropin.run(argv))
     cli(prog_name="layerfs")

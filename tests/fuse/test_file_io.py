@@ -89,6 +89,32 @@ def test_reading_a_file_that_is_copied_up_while_open(
     assert (mnt / "f").read_bytes() == b"UPPER-DATA"
 
 
+def reopens_around_copy_up(mnt: Path) -> list[bytes]:
+    """Read a lower file whole several times (each open closed before the next), also after
+    the kernel dropped its inodes, then copy it up by writing, and read it again."""
+    path = mnt / "f"
+    seen = [path.read_bytes() for _ in range(3)]
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # inodes and dentries: forgets
+    seen.append(path.read_bytes())
+    with open(path, "r+b") as f:
+        f.write(b"UPPER")
+    seen += [path.read_bytes() for _ in range(2)]
+    return seen
+
+
+def test_opening_again_after_a_copy_up_reads_the_upper_file(
+    mounter: Mounter, tmp_path: Path
+) -> None:
+    """With passthrough the backing file of a closed lower file stays registered for the
+    next open; once the file is copied up a new open must pass through to the upper file,
+    as kernel overlayfs reads it."""
+    files: dict[str, str | bytes | None] = {"f": "lower-data"}
+    with kernel_overlay(tmp_path / "k", files) as kmnt:
+        kernel = reopens_around_copy_up(kmnt)
+    assert kernel == [b"lower-data"] * 4 + [b"UPPER-data"] * 2
+    assert reopens_around_copy_up(mounter.mount(mounter.layers(files))) == kernel
+
+
 WRITER = """
 import os, sys
 d = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)

@@ -197,3 +197,32 @@ class TestRetire:
         assert table.forget(7, 1) is None  # the new id still names it
         assert table.forget(fresh, 1) is child
         assert table.nodeid(child) == 7
+
+
+class TestInodeTableCounts:
+    def test_a_pinned_inode_the_kernel_forgot_is_counted_again_from_zero(self) -> None:
+        table = InodeTable(node(ROOT_INODE))
+        child = node(7)
+        table.remember(child)
+        table.pin(7)
+        assert table.forget(7, 1) is None
+        table.remember(child)  # looked up again while still open
+        assert table.statistics().lookups == 2  # the root's one and this one
+        assert table.unpin(7) is None
+        assert table.forget(7, 1) is child
+
+    def test_statistics(self) -> None:
+        table = InodeTable(node(ROOT_INODE))
+        for ino in (5, 6, 6):
+            table.remember(node(ino) if ino == 5 else table_node(table, ino))
+        table.pin(5)
+        stats = table.statistics()
+        assert (stats.known, stats.pinned, stats.lookups) == (3, 1, 4)
+
+
+def table_node(table: InodeTable, ino: int) -> Any:
+    """The node the table has for *ino*, or a new one."""
+    try:
+        return table.node(ino)
+    except OSError:
+        return node(ino)
