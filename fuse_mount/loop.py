@@ -14,15 +14,16 @@ way pyfuse3 does, so an idle daemon sleeps in trio's ``epoll`` as usual. The sam
 kernel's ``net.core.busy_poll``: a bounded amount of CPU after each request for latency.
 
 The shortcut replaces ``pyfuse3._wait_fuse_readable``, which pyfuse3's session loop looks up
-in its module namespace before every request, and runs that loop with a single worker task:
-then nobody else can read the device between the poll and the read (the loop does not yield in
-between), and no answer is waiting in another task for trio to run. After
-:data:`CHECKPOINT_EVERY` requests in a row trio gets its turn anyway (signals).
+in its module namespace before every request. pyfuse3 reads the device right after that wait
+returns, without yielding, so a task whose poll saw a request is the one that reads it. A task
+may poll only while no other task waits in pyfuse3's own wait (which queues them on a lock):
+otherwise a poll could take the request that woke the waiting task, whose read would then
+block the whole loop. After :data:`CHECKPOINT_EVERY` requests in a row trio gets its turn
+anyway (signals, and the answers of requests that ran in worker threads).
 
-The price of the single task: a request that runs in a worker thread (``fsync``, a copy-up)
-holds up the requests behind it. Most of those need the stack's lock anyway; ``busy_poll=0``
-restores pyfuse3's own loop, whose worker tasks (``threads`` + 1) serve other requests
-meanwhile.
+The loop keeps pyfuse3's worker tasks (``threads`` + 1): a request that runs in a worker
+thread (``fsync``, a long copy-up, whose data the stack copies without its lock) does not hold
+up the requests behind it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ async def serve_requests(*, busy_poll_us: int, threads: int) -> None:
     busy = BusyPoll(fd, busy_poll_us * 1000, original)
     setattr(pyfuse3, _PYFUSE3_WAIT, busy.wait)
     try:
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        await pyfuse3.main(min_tasks=1, max_tasks=threads + 1)
     finally:
         setattr(pyfuse3, _PYFUSE3_WAIT, original)
     log.info("busy-poll: %d of %d requests read without sleeping", busy.caught, busy.waits)
@@ -74,18 +75,23 @@ class BusyPoll:
         self._window_ns = window_ns
         self._original = original
         self._in_a_row = 0
+        self._waiting = 0  # tasks inside pyfuse3's own wait
         self.waits = 0
         self.caught = 0
 
     async def wait(self) -> bool:
         """True when a request can be read (pyfuse3's contract), False when the loop ends."""
         self.waits += 1
-        if self._in_a_row < CHECKPOINT_EVERY and self._spin():
+        if not self._waiting and self._in_a_row < CHECKPOINT_EVERY and self._spin():
             self._in_a_row += 1
             self.caught += 1
             return True
         self._in_a_row = 0
-        return await self._original()
+        self._waiting += 1
+        try:
+            return await self._original()
+        finally:
+            self._waiting -= 1
 
     def _spin(self) -> bool:
         deadline = time.perf_counter_ns() + self._window_ns
