@@ -128,13 +128,18 @@ def _link_up(fs: Overlay, node: Node, alias: Alias) -> None:
     _set_upper_entry(alias, node.kind, node.layers[1] if node.metacopy else None)
 
 
-def _copy_up_dir(fs: Overlay, node: Node, alias: Alias) -> None:
+def _start(fs: Overlay, node: Node, alias: Alias) -> tuple[Layer, Any, os.stat_result, int, str]:
+    """What a copy of *node* under *alias* starts from: its top-most lower object (layer,
+    parent handle, stat), the upper parent's descriptor, and a fresh work-directory name."""
     assert alias.parent is not None
     pos = node.layers[0]
     layer, lower = fs.layers[pos], fs.dir(alias.parent, pos)
     st = _lower_stat(layer, lower, alias.name)
-    upper_fd = fs.upper_dir(alias.parent)
-    tmp = fs.tmpname()
+    return layer, lower, st, fs.upper_dir(alias.parent), fs.tmpname()
+
+
+def _copy_up_dir(fs: Overlay, node: Node, alias: Alias) -> None:
+    layer, lower, st, upper_fd, tmp = _start(fs, node, alias)
     fs.upper.mkdir(fs.work_fd, tmp)
     try:
         _fault("dir-created")
@@ -150,12 +155,8 @@ def _copy_up_dir(fs: Overlay, node: Node, alias: Alias) -> None:
 
 
 def _copy_up_nondir(fs: Overlay, node: Node, alias: Alias, meta_only: bool) -> os.stat_result:
-    assert alias.parent is not None
     lower_pos = node.layers[0]
-    layer, lower = fs.layers[lower_pos], fs.dir(alias.parent, lower_pos)
-    st = _lower_stat(layer, lower, alias.name)
-    upper_fd = fs.upper_dir(alias.parent)
-    tmp = fs.tmpname()
+    layer, lower, st, upper_fd, tmp = _start(fs, node, alias)
     data = fs.data_location(node)  # a lower metacopy file's data is further down
     with fs.claim(node):
         try:
