@@ -6,23 +6,33 @@ container) complete partial layers: it fetches every missing byte range of a lay
 prioritised files first (:func:`~layerfs.lazy.layer.priority_ranges`), in requests of at
 most :attr:`RangeOptions.max_request` bytes, *parallel* at a time. It also opens
 :class:`~layerfs.lazy.layer.LazyLayer` readers that share its connections.
+
+When range reads from a registry start failing (it is down, stalls, or refuses), the remote
+logs one error line for that registry, and one more when reads from it work again: a mount
+whose registry goes away says so once, not at every read that then fails.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from layerfs.errors import LayerFormatError
-from layerfs.lazy.layer import LazyLayer, RangeFiller, priority_ranges
+from layerfs.errors import LayerFormatError, RegistryError
+from layerfs.layer import LayerSource
+from layerfs.lazy.layer import ChunkMemory, LazyLayer, RangeFiller, priority_ranges
+from layerfs.lazy.lower import TocLayer
+from layerfs.lazy.tree import build_tree, unpacking_owner
 from layerfs.registry.client import Options
 from layerfs.registry.ranges import RangeClient, RangeOptions, RangeStatistics
 from layerfs.registry.reference import parse_remote
 from layerfs.registry.transfers import run_parallel
 from layerfs.store.partial import LazyRecord, LazyStore, PartialBlob
+from layerfs.store.store import layer_format
 
+log = logging.getLogger(__name__)
 COMPLETION_REQUEST = 4 << 20  # bytes per range request while completing a layer
 COMPLETION_PARALLEL = 3  # range requests at once while completing a layer
 
@@ -33,6 +43,31 @@ class CompletionOptions:
 
     request: int = COMPLETION_REQUEST
     parallel: int = COMPLETION_PARALLEL
+
+
+class Outage:
+    """Whether range reads from one registry fail, logged once each way (thread-safe)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: RegistryError) -> None:
+        with self._lock:
+            was, self.down = self.down, True
+        if not was:
+            log.error(
+                "range reads from %s fail, content that is not local cannot be read: %s",
+                self.source,
+                exc,
+            )
+
+    def worked(self) -> None:
+        with self._lock:
+            was, self.down = self.down, False
+        if was:
+            log.info("range reads from %s work again", self.source)
 
 
 class RegistryRemote:
@@ -53,6 +88,8 @@ class RegistryRemote:
         self.completion = completion or CompletionOptions()
         self._clients: dict[tuple[str, bool], RangeClient] = {}
         self._fillers: dict[str, RangeFiller] = {}
+        self._outages: dict[str, Outage] = {}
+        self.memory = ChunkMemory()  # decoded chunks, shared by the layers it opens
         self._lock = threading.Lock()
 
     def __enter__(self) -> RegistryRemote:
@@ -89,14 +126,29 @@ class RegistryRemote:
                 self._clients[key] = found
             return found
 
+    def outage(self, record: LazyRecord) -> Outage:
+        """The failure state of the registry *record* was pulled from (shared)."""
+        with self._lock:
+            return self._outages.setdefault(record.source, Outage(record.source))
+
     def filler(self, lazy: LazyStore, record: LazyRecord) -> RangeFiller:
         """The one :class:`RangeFiller` of the layer blob (reads and completion share it)."""
         digest = record.descriptor.digest
         client = self.client(record)
+        outage = self.outage(record)
+
+        def fetch(spans: list[tuple[int, int]], deadline: float | None) -> list[bytes]:
+            try:
+                data = client.read_ranges(digest, spans, deadline)
+            except RegistryError as exc:
+                outage.failed(exc)
+                raise
+            outage.worked()
+            return data
+
         with self._lock:
             found = self._fillers.get(digest)
             if found is None:
-                fetch = functools.partial(client.read_ranges, digest)
                 found = RangeFiller(lazy.partial(record.descriptor), fetch)
                 self._fillers[digest] = found
             return found
@@ -106,7 +158,24 @@ class RegistryRemote:
         toc = lazy.toc(record)
         if toc is None:
             raise LayerFormatError(f"layer {record.descriptor.digest} has no TOC")
-        return LazyLayer(lazy, self.filler(lazy, record), toc)
+        return LazyLayer(lazy, self.filler(lazy, record), toc, memory=self.memory)
+
+    def toc_layer(self, lazy: LazyStore, record: LazyRecord, local_dir: Path) -> TocLayer:
+        """The partial layer *record* (which must have a TOC) as a lower layer of a stack;
+        *local_dir* is where the store unpacks it once it is complete."""
+        reader = self.layer(lazy, record)
+        tree = build_tree(reader.toc, layer_format(), unpacking_owner())
+        return TocLayer(
+            tree,
+            reader,
+            local_dir=local_dir,
+            statfs_path=lazy.root,
+            timeout=self.ranges.timeout,
+        )
+
+    def layer_source(self, lazy: LazyStore, record: LazyRecord, local_dir: Path) -> LayerSource:
+        """The partial layer *record* as a stack description names it (see :meth:`toc_layer`)."""
+        return PartialLayerSource(self, lazy, record, local_dir)
 
     def complete(
         self, lazy: LazyStore, record: LazyRecord, stop: threading.Event | None = None
@@ -130,6 +199,25 @@ class RegistryRemote:
 
         requests = _requests(partial, order, self.completion.request)
         run_parallel(self.completion.parallel, [job(span) for span in requests])
+
+
+class PartialLayerSource:
+    """A partial layer of a store with a TOC, opened as a :class:`TocLayer` for each stack."""
+
+    def __init__(
+        self, remote: RegistryRemote, lazy: LazyStore, record: LazyRecord, local_dir: Path
+    ) -> None:
+        self.remote = remote
+        self.lazy = lazy
+        self.record = record
+        self.local_dir = local_dir
+        self.description = f"{record.descriptor.digest} (partial layer)"
+
+    def open(self) -> TocLayer:
+        return self.remote.toc_layer(self.lazy, self.record, self.local_dir)
+
+    def __repr__(self) -> str:
+        return f"<PartialLayerSource {self.description}>"
 
 
 def _requests(
