@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerfs.errors import ConfigError
+from layerfs.layer import LayerSource
 from layerfs.privilege import whiteout_style_for
 from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
+
+Lower = Path | LayerSource  # a host directory, or a layer opened from elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +40,14 @@ class StackOptions:
 
 @dataclass(frozen=True, slots=True)
 class StackSpec:
-    """Where a stack's layers are: lowers top-most first, and an optional upper + work dir."""
+    """Where a stack's layers are: lowers top-most first, and an optional upper + work dir.
 
-    lowers: tuple[Path, ...]
+    A lower is a host directory (a :class:`~pathlib.Path`) or a
+    :class:`~layerfs.layer.LayerSource` that opens a layer of another kind when the stack is
+    assembled (see ``docs/api.md``, "Layers that are not host directories").
+    """
+
+    lowers: tuple[Lower, ...]
     upper: Path | None = None
     work: Path | None = None
     options: StackOptions = field(default_factory=StackOptions)
@@ -53,7 +61,7 @@ class StackSpec:
         if check_lowers and not self.lowers:
             raise ConfigError("at least one lower layer is needed")
         for lower in self.lowers if check_lowers else ():
-            if not lower.is_dir():
+            if isinstance(lower, Path) and not lower.is_dir():
                 raise ConfigError(f"lower layer is not a directory: {lower}")
         if (self.upper is None) != (self.work is None):
             raise ConfigError("an upper layer needs a work directory, and a work dir an upper")

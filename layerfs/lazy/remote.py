@@ -25,12 +25,12 @@ from layerfs.layer import LayerSource
 from layerfs.lazy.layer import ChunkMemory, LazyLayer, RangeFiller, priority_ranges
 from layerfs.lazy.lower import TocLayer
 from layerfs.lazy.tree import build_tree, unpacking_owner
+from layerfs.privilege import layer_format
 from layerfs.registry.client import Options
 from layerfs.registry.ranges import RangeClient, RangeOptions, RangeStatistics
 from layerfs.registry.reference import parse_remote
 from layerfs.registry.transfers import run_parallel
 from layerfs.store.partial import LazyRecord, LazyStore, PartialBlob
-from layerfs.store.store import layer_format
 
 log = logging.getLogger(__name__)
 COMPLETION_REQUEST = 4 << 20  # bytes per range request while completing a layer
