@@ -13,6 +13,7 @@ request. A server that ignores ``Range`` and answers ``200`` is read up to the r
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -84,6 +85,7 @@ class RangeClient:
         self.settings = ranges or RangeOptions()
         self._urls = pull_endpoints(remote, self.options)
         self._transports: dict[str, Transport] = {}
+        self._pid = os.getpid()
         self._preferred = 0  # index of the endpoint that answered last
         self._lock = threading.Lock()
         self._requests = self._bytes = self._failures = 0
@@ -173,6 +175,9 @@ class RangeClient:
 
     def _transport(self, url: str) -> Transport:
         with self._lock:
+            if self._pid != os.getpid():
+                # a forked child (a mount daemon): the connections stay the parent's
+                self._transports, self._pid = {}, os.getpid()
             transport = self._transports.get(url)
             if transport is None:
                 single = Options(

@@ -365,7 +365,7 @@ class Store:
         Each layer is unpacked once per store (``layers/<diff_id hex>``) and shared.
         """
         dirs = [
-            self._ensure_layer(desc, diff_id, progress)
+            self.layer_dir(desc, diff_id, progress)
             for desc, diff_id in zip(image.layers, image.diff_ids, strict=True)
         ]
         return dirs[::-1]
@@ -389,10 +389,14 @@ class Store:
             if remote is not None and record is not None and record.toc_format is not None:
                 sources.append(remote.layer_source(self.lazy, record, target))
             else:
-                sources.append(self._ensure_layer(desc, diff_id, progress))
+                sources.append(self.layer_dir(desc, diff_id, progress))
         return sources[::-1]
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress | None) -> Path:
+    def layer_dir(
+        self, desc: Descriptor, diff_id: Digest, progress: Progress | None = None
+    ) -> Path:
+        """The unpacked directory of one layer (blob *desc*, tar *diff_id*), unpacking it
+        (and completing a partial layer, see :meth:`ensure_blob`) where missing."""
         target = self.layout.layer_dir(diff_id)
         if target.is_dir():
             return target
