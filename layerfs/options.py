@@ -95,7 +95,7 @@ def parse_option_items(
     items: Iterable[str],
     *,
     privileged: bool = True,
-    lowers: Sequence[Path] = (),
+    lowers: Sequence[Lower] = (),
     upper: Path | None = None,
     work: Path | None = None,
 ) -> tuple[StackSpec, list[str]]:
@@ -116,7 +116,7 @@ def parse_option_items(
     directory can make them and ``.wh.`` files elsewhere; ``whiteout=`` overrides either
     choice. Raises :class:`ConfigError` for a bad ``whiteout=`` or ``metacopy=`` value.
     """
-    found = list(lowers)
+    found: list[Lower] = list(lowers)
     user_xattrs = not privileged
     metacopy = False
     whiteouts: WhiteoutStyle | None = None
@@ -153,7 +153,9 @@ def parse_option_items(
 
 def format_mount_options(spec: StackSpec) -> str:
     """*spec* in the overlay option syntax: what :func:`parse_mount_options` reads back as
-    *spec* (with ``privileged=True``), whatever characters its paths hold.
+    *spec* (with ``privileged=True``), whatever characters its paths hold. A lower that is a
+    :class:`~layerfs.layer.LayerSource` is written as its description, which names it for a
+    reader (a log line) and reads back as a path.
 
     ``lowerdir=``, ``upperdir=`` and ``workdir=`` name the layers (paths escaped); the
     options follow where they differ from the kernel's defaults: ``userxattr``,
@@ -234,10 +236,15 @@ def split_lowerdir(value: str) -> list[str]:
     return split_escaped(value, ":", keep_escapes=False)
 
 
-def format_lowerdir(lowers: Iterable[Path]) -> str:
+def format_lowerdir(lowers: Iterable[Lower]) -> str:
     """A ``lowerdir=`` value (and ``--lower`` argument) naming exactly *lowers*, top-most first:
-    :func:`split_lowerdir` reads it back whatever characters the paths hold."""
-    return ":".join(escape_option_value(str(p)) for p in lowers)
+    :func:`split_lowerdir` reads it back whatever characters the paths hold (a layer source
+    is written as its description)."""
+    return ":".join(escape_option_value(_name(p)) for p in lowers)
+
+
+def _name(lower: Lower) -> str:
+    return str(lower) if isinstance(lower, Path) else lower.description
 
 
 def escape_option_value(value: str) -> str:
