@@ -181,6 +181,7 @@ class _Builder:
             self._set_meta(existing, entry)  # a directory over a directory: merged
             return
         if entry.type is EntryType.HARDLINK:
+            parent.children.pop(name, None)  # room first: the target may have been below it
             parent.children[name] = self._find(entry, entry.hardlink)
             return
         parent.children[name] = self._object(entry)
