@@ -31,6 +31,7 @@ from layerfs.store.store import Store
 log = logging.getLogger(__name__)
 
 MOUNT_RETRY = 10.0  # seconds a mount's completion waits before trying an unreachable registry
+FIRST_READS = 1.0  # seconds a mount's completion leaves the link to the first reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,9 @@ class MountCompletion:
 
     A mount service (``fuse_mount.daemon.MountService``): :meth:`start` runs in the serving
     process once the mount is ready and starts a :class:`Completion` that pauses *retry*
-    seconds while the registry cannot be reached; :meth:`stop` runs after the unmount, stops
+    seconds while the registry cannot be reached, and sends nothing in the first
+    :data:`FIRST_READS` seconds or while reads fetch (the first command in the container
+    usually starts at once, and its reads go first); :meth:`stop` runs after the unmount, stops
     it (what was fetched stays) and closes *remote*, which the mount's partial layers read
     through. Layers pulled with ``--no-prefetch`` are left alone.
     """
@@ -130,15 +133,26 @@ class MountCompletion:
 
     def start(self) -> None:
         records = [self.store.lazy.record(d.digest) for d in self.image.layers]
-        wanted = [r for r in records if r is not None and r.prefetch]
+        partial = [r for r in records if r is not None]
+        # the first reads of the mount then find their registry client set up
+        threading.Thread(target=self._prepare, args=(partial,), daemon=True).start()
+        wanted = [r for r in partial if r.prefetch]
         if not wanted:
             return
+        self.remote.expect_reads(FIRST_READS)  # a container's first command goes first
         log.info(
             "completing %d partial layer(s) of %s in the background",
             len(wanted),
             self.image.short_id,
         )
         self.completion = Completion(self.store, self.image, self.remote, self.retry).start()
+
+    def _prepare(self, records: list[LazyRecord]) -> None:
+        try:
+            for record in records:
+                self.remote.client(record).prepare()
+        except Exception as exc:  # a boundary: the first read then sets it up, or says why
+            log.debug("cannot set up the registry client: %s", exc)
 
     def stop(self) -> None:
         if self.completion is not None:

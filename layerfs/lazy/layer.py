@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # ranges of the blob and a deadline (time.monotonic(), None: the fetcher's own bound) -> bytes
 Fetch = Callable[[list[tuple[int, int]], float | None], list[bytes]]
 MEMORY_BUDGET = 64 << 20  # bytes of decoded chunks a layer reader keeps in memory
+FILL_GAP = 64 << 10  # bytes between two ranges of one fetch that are fetched too (one request)
 
 
 class ChunkMemory:
@@ -89,10 +90,13 @@ class RangeFiller:
     ) -> None:
         """Make the partial blob hold every byte of *ranges*, fetching what is missing.
 
-        Ranges another thread is fetching are waited for, then checked again. With a
-        *deadline*, raises a temporary :class:`RegistryError` once it has passed.
+        Holes of at most :data:`FILL_GAP` bytes between them are fetched too: the chunks of
+        one file lie a few bytes apart in a blob, and one request costs less than one round
+        trip per chunk. Ranges another thread is fetching are waited for, then checked
+        again. With a *deadline*, raises a temporary :class:`RegistryError` once it has
+        passed.
         """
-        spans = merge(list(ranges))
+        spans = _fill_gaps(merge(list(ranges)), FILL_GAP)
         while True:
             mine: list[tuple[int, int]] = []
             waits: list[threading.Event] = []
@@ -172,14 +176,27 @@ class LazyLayer:
         return self.read_entry(entry, offset, size)
 
     def read_entry(
-        self, entry: TocEntry, offset: int, size: int, deadline: float | None = None
+        self,
+        entry: TocEntry,
+        offset: int,
+        size: int,
+        deadline: float | None = None,
+        ahead: int = 0,
     ) -> bytes:
         """Up to *size* bytes of the regular file *entry* from *offset* (short at its end),
-        fetching what is missing by *deadline* (see the module docstring)."""
+        fetching what is missing by *deadline* (see the module docstring). The compressed
+        bytes of the file's next *ahead* bytes are fetched in the same request when they
+        are missing (a file is mostly read on), but not decoded yet."""
         end = min(entry.size, offset + size)
         if offset >= end:
             return b""
         wanted = [c for c in entry.chunks if c.offset < end and c.offset + c.size > offset]
+        if ahead:
+            more = [c for c in entry.chunks if end <= c.offset < end + ahead and not c.zeros]
+            if more and self.partial.missing(more[0].start, more[-1].end):
+                self.filler.ensure_ranges(
+                    [(c.start, c.end) for c in (*wanted, *more) if not c.zeros], deadline
+                )
         contents = self.chunk_contents(entry, wanted, deadline)
         first = wanted[0].offset
         if len(contents) == 1:
@@ -242,6 +259,17 @@ class LazyLayer:
                 return
             self._seen.add(path)
         self.lazy.note_read(self.digest, path)
+
+
+def _fill_gaps(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """Merged *spans* with the holes of at most *gap* bytes between them filled."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if out and start - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -14,7 +14,9 @@ Opening a regular file picks the fastest source that has all of it, in order:
 2. the whole file in the store's chunk cache (a file of one chunk is cached whole by its
    first read; a file of several is assembled from its cached chunks, and checked against
    the TOC's digest of the whole file, when it is opened again): a host file;
-3. otherwise a :class:`TocFile`, whose reads fetch what they need. Each read is bounded by
+3. otherwise a :class:`TocFile`, whose reads fetch what they need, and the file's next
+   :data:`READ_AHEAD` bytes in the same request (programs read files on: one round trip
+   instead of one per kernel read). Each read is bounded by
    *timeout* seconds in all; a registry that is down or a chunk that does not match its
    digest makes that read fail with ``EIO`` (the remote and the reader log one line each),
    and the next read tries again.
@@ -47,6 +49,7 @@ from layerfs.types import StatFs
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 30.0  # seconds one read of content that is not local may take, in all
+READ_AHEAD = 4 << 20  # bytes of a file fetched on, with a read that must fetch
 BLKSIZE = 4096
 _DEV_BASE = 1 << 62  # st_dev of TOC layers: never a host device number
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -212,7 +215,7 @@ class TocLayer:
         """Bytes of *entry*'s content, fetched within :attr:`timeout` seconds (EIO if not)."""
         deadline = time.monotonic() + self.timeout
         try:
-            return self.reader.read_entry(entry, offset, size, deadline)
+            return self.reader.read_entry(entry, offset, size, deadline, READ_AHEAD)
         except RegistryError as exc:
             log.debug("%s: %s", entry.path, exc)  # the remote logs the outage once
             raise oserror(errno.EIO, entry.path) from exc

@@ -9,13 +9,19 @@ most :attr:`RangeOptions.max_request` bytes, *parallel* at a time. It also opens
 
 When range reads from a registry start failing (it is down, stalls, or refuses), the remote
 logs one error line for that registry, and one more when reads from it work again: a mount
-whose registry goes away says so once, not at every read that then fails.
+whose registry goes away says so once, not at every read that then fails. Reads in the
+seconds right after a failure fail at once (:class:`Outage`); later ones try again.
+
+Reads someone waits for (they come with a deadline) go first: completion sends its next
+request only once no such read has fetched for :data:`READ_QUIET` seconds, and its requests
+are small (:data:`COMPLETION_REQUEST`), so a read queues behind little of its data.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,8 +39,10 @@ from layerfs.registry.transfers import run_parallel
 from layerfs.store.partial import LazyRecord, LazyStore, PartialBlob
 
 log = logging.getLogger(__name__)
-COMPLETION_REQUEST = 4 << 20  # bytes per range request while completing a layer
+COMPLETION_REQUEST = 1 << 20  # bytes per range request while completing a layer
 COMPLETION_PARALLEL = 3  # range requests at once while completing a layer
+FAIL_FAST = 2.0  # seconds after a failed range read during which others fail at once
+READ_QUIET = 0.25  # seconds without reads before completion sends its next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +54,33 @@ class CompletionOptions:
 
 
 class Outage:
-    """Whether range reads from one registry fail, logged once each way (thread-safe)."""
+    """Whether range reads from one registry fail, logged once each way (thread-safe).
+
+    For :data:`FAIL_FAST` seconds after a failure, :meth:`check` fails the next reads at once:
+    the kernel repeats a failed read (its read-ahead, then the page itself), and a registry
+    that just failed to answer within the whole time bound would make the reader wait twice.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.down = False
+        self._failed_at = 0.0
+        self._error = ""
         self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise a temporary :class:`RegistryError` if reads failed less than
+        :data:`FAIL_FAST` seconds ago."""
+        with self._lock:
+            recent = self.down and time.monotonic() - self._failed_at < FAIL_FAST
+            error = self._error
+        if recent:
+            raise RegistryError(f"{self.source} failed just now: {error}", temporary=True)
 
     def failed(self, exc: RegistryError) -> None:
         with self._lock:
             was, self.down = self.down, True
+            self._failed_at, self._error = time.monotonic(), str(exc)
         if not was:
             log.error(
                 "range reads from %s fail, content that is not local cannot be read: %s",
@@ -90,6 +115,8 @@ class RegistryRemote:
         self._fillers: dict[str, RangeFiller] = {}
         self._outages: dict[str, Outage] = {}
         self.memory = ChunkMemory()  # decoded chunks, shared by the layers it opens
+        self._reading = 0  # reads fetching now; completion waits for them ...
+        self._reads_until = 0.0  # ... and until then after the last one
         self._lock = threading.Lock()
 
     def __enter__(self) -> RegistryRemote:
@@ -138,11 +165,18 @@ class RegistryRemote:
         outage = self.outage(record)
 
         def fetch(spans: list[tuple[int, int]], deadline: float | None) -> list[bytes]:
+            outage.check()
+            waited_for = deadline is not None  # a read someone waits for: completion steps aside
+            if waited_for:
+                self._reads_begin()
             try:
                 data = client.read_ranges(digest, spans, deadline)
             except RegistryError as exc:
                 outage.failed(exc)
                 raise
+            finally:
+                if waited_for:
+                    self._reads_end()
             outage.worked()
             return data
 
@@ -192,6 +226,7 @@ class RegistryRemote:
 
         def job(span: tuple[int, int]) -> Callable[[threading.Event], None]:
             def run(failed: threading.Event) -> None:
+                self._wait_reads_quiet(halt)
                 if not (halt.is_set() or failed.is_set()):
                     filler.ensure_ranges([span])
 
@@ -199,6 +234,30 @@ class RegistryRemote:
 
         requests = _requests(partial, order, self.completion.request)
         run_parallel(self.completion.parallel, [job(span) for span in requests])
+
+    def expect_reads(self, seconds: float) -> None:
+        """Reads are coming (a mount just became ready): completion sends nothing for
+        *seconds*, nor until the reads that come meanwhile are over."""
+        with self._lock:
+            self._reads_until = max(self._reads_until, time.monotonic() + seconds)
+
+    def _reads_begin(self) -> None:
+        with self._lock:
+            self._reading += 1
+
+    def _reads_end(self) -> None:
+        with self._lock:
+            self._reading -= 1
+            self._reads_until = time.monotonic() + READ_QUIET
+
+    def _wait_reads_quiet(self, halt: threading.Event) -> None:
+        """Wait until no read is fetching and none has for :data:`READ_QUIET` seconds (or
+        *halt*)."""
+        while True:
+            with self._lock:
+                left = READ_QUIET if self._reading else self._reads_until - time.monotonic()
+            if left <= 0 or halt.wait(left):
+                return
 
 
 class PartialLayerSource:

@@ -106,6 +106,12 @@ class RangeClient:
         with self._lock:
             return RangeStatistics(self._requests, self._bytes, self._failures)
 
+    def prepare(self) -> None:
+        """Set up the HTTP client of every endpoint now, so the first read does not pay for
+        it (tens of milliseconds: TLS settings are loaded even for plain HTTP)."""
+        for url in self._urls:
+            self._transport(url)
+
     def read(self, digest: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (end exclusive) of blob *digest*: exactly ``end - start``."""
         return self.read_ranges(digest, [(start, end)])[0]
