@@ -31,7 +31,7 @@ from layerfs.layer import LayerSource
 from layerfs.lazy.layer import ChunkMemory, LazyLayer, RangeFiller, priority_ranges
 from layerfs.lazy.lower import TocLayer
 from layerfs.lazy.tree import build_tree, unpacking_owner
-from layerfs.privilege import layer_format
+from layerfs.privilege import is_host_root, layer_format
 from layerfs.registry.client import Options
 from layerfs.registry.ranges import RangeClient, RangeOptions, RangeStatistics
 from layerfs.registry.reference import parse_remote
@@ -198,7 +198,8 @@ class RegistryRemote:
         """The partial layer *record* (which must have a TOC) as a lower layer of a stack;
         *local_dir* is where the store unpacks it once it is complete."""
         reader = self.layer(lazy, record)
-        tree = build_tree(reader.toc, layer_format(), unpacking_owner())
+        owner, devices = unpacking_owner(), is_host_root()  # as unpacking does
+        tree = build_tree(reader.toc, layer_format(), owner, devices=devices)
         return TocLayer(
             tree,
             reader,

@@ -114,17 +114,22 @@ def unpacking_owner() -> tuple[int, int] | None:
 
 
 def build_tree(
-    toc: Toc, upper_format: UpperFormat, owner: tuple[int, int] | None = None
+    toc: Toc,
+    upper_format: UpperFormat,
+    owner: tuple[int, int] | None = None,
+    *,
+    devices: bool = True,
 ) -> LayerTree:
     """The layer tree of *toc* (see the module docstring).
 
     *owner* ``(uid, gid)`` replaces every entry's owner, as unpacking by a user other than
     root does (``None``: the TOC's owners); such a user's tree also keeps only ``user.*``
-    xattrs and holds no devices (:class:`UnsafeLayerError`, as unpacking refuses them).
-    Raises :class:`LayerFormatError` (or :class:`UnsafeLayerError`) naming the entry for a
-    TOC that cannot be unpacked.
+    xattrs. Without *devices* (unpacking makes device nodes only as root of the host) a
+    device entry is an :class:`UnsafeLayerError`, as unpacking refuses it. Raises
+    :class:`LayerFormatError` (or :class:`UnsafeLayerError`) naming the entry for a TOC that
+    cannot be unpacked.
     """
-    builder = _Builder(upper_format, owner)
+    builder = _Builder(upper_format, owner, devices)
     for entry in toc.entries:
         builder.add(entry)
     builder.finish()
@@ -132,9 +137,12 @@ def build_tree(
 
 
 class _Builder:
-    def __init__(self, upper_format: UpperFormat, owner: tuple[int, int] | None) -> None:
+    def __init__(
+        self, upper_format: UpperFormat, owner: tuple[int, int] | None, devices: bool
+    ) -> None:
         self.format = upper_format
         self.owner = owner
+        self.devices = devices
         self.count = 0
         self.root = self._dir(IMPLICIT_DIR_MODE)
         self.markers: list[tuple[bool, int, int, list[str], str]] = []
@@ -198,7 +206,7 @@ class _Builder:
 
     def _object(self, entry: TocEntry) -> TreeNode:
         kind = _KINDS[entry.type]
-        if kind in (stat.S_IFCHR, stat.S_IFBLK) and self.owner is not None:
+        if kind in (stat.S_IFCHR, stat.S_IFBLK) and not self.devices:
             raise UnsafeLayerError(
                 f"layer entry {entry.path!r}: device files are only created by root"
             )
