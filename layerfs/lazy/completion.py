@@ -31,7 +31,7 @@ from layerfs.store.store import Store
 log = logging.getLogger(__name__)
 
 MOUNT_RETRY = 10.0  # seconds a mount's completion waits before trying an unreachable registry
-FIRST_READS = 1.0  # seconds a mount's completion leaves the link to the first reads
+FIRST_READS = 0.5  # seconds a mount's completion leaves the link to the first reads
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,12 @@
 Images in both formats (skopeo's zstd:chunked, ctr-remote's eStargz) are pulled with
 ``layerfs pull --lazy`` from a registry on 127.0.0.1 and mounted at once: programs run in the
 mount with ``chroot`` and ``runc``, the tree equals ``umoci unpack``'s, and background
-completion runs with the mount (files then open from the unpacked layer). Faults between
-the mount and the registry (the registry killed, stalling, corrupting every response) fail
-the reads that need the registry with EIO (``--fetch-timeout`` bounds them: the benchmark
-measures it), while the rest of the mount keeps answering, with one line in the daemon's log;
-later reads work again, and a chunk that does not match its digest is never served.
+completion runs with the mount (files then open from the unpacked layer). A range response
+cut off midway is fetched again within the read. Faults between the mount and the registry
+(the registry killed, stalling, corrupting every response) fail the reads that need the
+registry with EIO (``--fetch-timeout`` bounds them: the benchmark measures it), while the rest
+of the mount keeps answering, with one line in the daemon's log; later reads work again, and
+a chunk that does not match its digest is never served.
 """
 
 from __future__ import annotations
@@ -229,6 +230,11 @@ def test_registry_faults_fail_reads_with_eio_and_reads_recover(
         lazy_pull(root, ref, "--no-prefetch")
         timeout = str(FETCH_TIMEOUT)
         mnt = mounts.mount(root, ref, "--fetch-timeout", timeout, "--log", str(log))
+
+        proxy.arm(drop_after_down=20_000)  # a range response cut off: retried within the read
+        assert (mnt / "data/big").read_bytes() == (rootfs / "data/big").read_bytes()
+        assert proxy.dropped.is_set()
+        proxy.disarm()
 
         own.kill()  # the registry is gone: reads of what is not local fail, nothing else
         fails_with_eio(mnt / "data/small-1")
