@@ -43,7 +43,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from benchmarks.meta import collect
 from benchmarks.throttle import ThrottleProxy
 from layerfs.store import Store
 
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     size = 20 if args.quick else args.size_mb
     reps = 1 if args.quick else args.reps
+    meta = collect(vars(args))
     work = Path(tempfile.mkdtemp(prefix="layerfs-bench-lazy-"))
     samples: list[Sample] = []
     faults: dict[str, object] = {}
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)
-    report(samples, faults, args)
+    report(samples, faults, args, meta)
     return 0
 
 
@@ -400,7 +403,12 @@ def _cell(value: float | None, width: int = 10) -> str:
     return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
 
 
-def report(samples: list[Sample], faults: dict[str, object], args: argparse.Namespace) -> None:
+def report(
+    samples: list[Sample],
+    faults: dict[str, object],
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+) -> None:
     """Print the medians and each target's verdict; write lazy.json and lazy-report.txt."""
     lines = [
         f"lazy pull, {args.rtt_ms:g} ms RTT, {args.mbit:g} Mbit/s shared link "
@@ -428,7 +436,12 @@ def report(samples: list[Sample], faults: dict[str, object], args: argparse.Name
     target = args.results / f"{stamp}-{socket.gethostname()}"
     target.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "results"}
-    doc = {"args": settings, "samples": [asdict(s) for s in samples], "faults": faults}
+    doc = {
+        "meta": meta,
+        "args": settings,
+        "samples": [asdict(s) for s in samples],
+        "faults": faults,
+    }
     (target / "lazy.json").write_text(json.dumps(doc, indent=1))
     (target / "lazy-report.txt").write_text(text + "\n")
 
@@ -463,7 +476,7 @@ def verdicts(
         if verified and pull:
             ratio = verified / pull
             out.append(
-                f"{what} background completion {ratio:.2f}x the full pull "
+                f"{what} background completion {ratio:.3f}x the full pull "
                 f"({_verdict(ratio <= TARGETS['completion'])} <= {TARGETS['completion']:g}x)"
             )
     reads = faults.get("reads")
