@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     size = 20 if args.quick else args.size_mb
     reps = 1 if args.quick else args.reps
-    meta = collect(vars(args))
+    meta = collect({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     work = Path(tempfile.mkdtemp(prefix="layerfs-bench-lazy-"))
     samples: list[Sample] = []
     faults: dict[str, object] = {}
