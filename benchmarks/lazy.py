@@ -5,18 +5,22 @@
 Builds a Debian-sized single-layer image from this host's own files (``/usr/bin``,
 ``/usr/lib``, perl's library and what ``sh`` and ``perl`` load), pushes it to a private
 ``docker-registry`` on 127.0.0.1 as zstd:chunked (skopeo) and as eStargz (ctr-remote, with a
-private containerd), and reaches the registry through :class:`ThrottleProxy`. For each format
-and command (``sh -c true``, ``perl -e 1``) it measures, in the same run and alternating:
+private containerd), and reaches the registry through :class:`ThrottleProxy` (one shared
+link: a round-trip delay and a rate). For each format and command (``sh -c true``,
+``perl -e 1``) it measures, in the same run and alternating:
 
-* **full**: ``layerfs pull``, then ``layerfs mount`` of the image and the command run in it
-  with ``chroot``; time from the start of the pull to the end of the command;
-* **lazy**: ``layerfs pull --lazy``, then the command's first reads: every file the command
-  opens (found with ``strace`` on the unpacked tree) read through the lazy layer reader; time
-  to the end of those reads and the bytes fetched by then, with and without background
-  completion running, and the time background completion takes.
+* **full**: ``layerfs pull``, ``layerfs mount`` of the image (which unpacks its layer), the
+  command in it with ``chroot``: seconds from the start of the pull to the end of the
+  command, and the pull alone;
+* **lazy**: ``layerfs pull --lazy``, ``layerfs mount`` of the image (its layer read through
+  its TOC) and the command in it with ``chroot``: seconds to the end of the command, bytes
+  the registry sent by then, and the seconds until background completion (run by the mount
+  daemon) has fetched and verified every layer, and until it has unpacked them;
+* **lazy-no-prefetch**: the same with ``--no-prefetch``.
 
-The mount cannot serve a TOC-backed layer yet, so the lazy first command is its file reads,
-not an exec; the report says so. Results: ``benchmarks/results/<date>-<host>/lazy.json``.
+Then, once: a lazy mount with ``--fetch-timeout``, the registry stopped, and reads of files
+that are not local, each timed. Results: ``benchmarks/results/<date>-<host>/lazy.json`` and
+``lazy-report.txt``, with each target's verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import errno
 import json
 import os
 import re
@@ -38,10 +43,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from benchmarks.meta import collect
 from benchmarks.throttle import ThrottleProxy
-from layerfs.lazy.completion import Completion
-from layerfs.lazy.remote import RegistryRemote
 from layerfs.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,18 +54,27 @@ LAYERFS = str(Path(sys.executable).parent / "layerfs")
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMANDS = {"sh": ["sh", "-c", "true"], "perl": ["perl", "-e", "1"]}
 SOURCES = ("/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu", "/usr/share/perl", "/etc")
-OPEN_RE = re.compile(r'(?:openat|execve)\([^"]*"([^"]+)"[^)]*\)\s+=\s+(\d+)')
+COMPLETION_LIMIT = 600.0  # seconds background completion may take before the run fails
+POLL = 0.05  # seconds between looks at the store while completion runs
+FAULT_TIMEOUT = 5.0  # seconds: --fetch-timeout of the fault round
+FAULT_READS = 5  # files read once the registry is gone
+TARGETS = {"first": 5.0, "no_prefetch_share": 15.0, "completion": 1.2}
 
 
 @dataclass
 class Sample:
+    """One run. Seconds count from the start of the pull; bytes are what the registry sent
+    through the proxy from then to the end of the first command."""
+
     format: str
     command: str
     mode: str  # full, lazy, lazy-no-prefetch
     first_command_s: float
     fetched_bytes: int
-    image_bytes: int
-    completion_s: float | None = None
+    image_bytes: int  # compressed layers
+    pull_s: float | None = None  # full: the pull alone
+    completion_s: float | None = None  # lazy: every layer fetched and verified
+    unpacked_s: float | None = None  # lazy: ... and unpacked
 
 
 def sh(*args: str | Path) -> str:
@@ -129,43 +143,6 @@ def _copy(path: str, root: Path) -> int:
         return st.st_size
     except OSError:
         return 0
-
-
-def opened_files(rootfs: Path, command: list[str]) -> list[str]:
-    """Absolute in-image paths the command opens or executes successfully, in order."""
-    log = rootfs.parent / "strace.log"
-    sh("strace", "-f", "-qq", "-e", "trace=openat,execve", "-o", log, "chroot", rootfs, *command)
-    seen: list[str] = []
-    for line in log.read_text().splitlines():
-        match = OPEN_RE.search(line)
-        if match and match.group(1).startswith("/"):
-            real = _resolve(rootfs, match.group(1))
-            if real and real not in seen:
-                seen.append(real)
-    return seen
-
-
-def _resolve(rootfs: Path, path: str) -> str | None:
-    """*path* inside the image with its symlinks resolved inside the image."""
-    parts: list[str] = []
-    pending = [p for p in path.split("/") if p]
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            parts = parts[:-1]
-            continue
-        host = rootfs.joinpath(*parts, part)
-        if host.is_symlink() and hops < 40:
-            hops += 1
-            target = os.readlink(host)
-            pending = [p for p in target.split("/") if p] + pending
-            if target.startswith("/"):
-                parts = []
-            continue
-        parts.append(part)
-    resolved = "/" + "/".join(parts)
-    return resolved if rootfs.joinpath(*parts).is_file() else None
 
 
 class Registry:
@@ -264,44 +241,93 @@ def containerd(work: Path) -> Iterator[Callable[..., str]]:
         proc.wait(timeout=10)
 
 
-def run_full(root: Path, ref: str, command: list[str], mnt: Path) -> float:
-    began = time.monotonic()
+def run_full(root: Path, ref: str, command: list[str], mnt: Path, proxy: ThrottleProxy) -> Sample:
+    began, before = time.monotonic(), proxy.bytes_down
     sh(LAYERFS, "pull", "--insecure", "-q", "--root", root, ref)
+    pulled = time.monotonic() - began
     sh(LAYERFS, "mount", "--root", root, ref, mnt)
     try:
-        sh("mount", "--bind", "/dev/null", mnt / "dev" / "null")  # FUSE mounts are nodev
-        try:
-            sh("chroot", mnt, *command)
-            return time.monotonic() - began
-        finally:
-            sh("umount", mnt / "dev" / "null")
+        first = run_in(mnt, command) - began
     finally:
         sh(LAYERFS, "umount", mnt)
+    fetched = proxy.bytes_down - before
+    return Sample("", "", "full", first, fetched, image_bytes(root, ref), pull_s=pulled)
 
 
 def run_lazy(
-    root: Path, ref: str, files: list[str], prefetch: bool
-) -> tuple[float, int, float | None]:
-    began = time.monotonic()
+    root: Path, ref: str, command: list[str], mnt: Path, proxy: ThrottleProxy, prefetch: bool
+) -> Sample:
+    began, before = time.monotonic(), proxy.bytes_down
     extra = [] if prefetch else ["--no-prefetch"]
     sh(LAYERFS, "pull", "--lazy", "--insecure", "-q", "--root", root, *extra, ref)
+    sh(LAYERFS, "mount", "--root", root, ref, mnt)
+    try:
+        first = run_in(mnt, command) - began
+        fetched = proxy.bytes_down - before
+        mode = "lazy" if prefetch else "lazy-no-prefetch"
+        sample = Sample("", "", mode, first, fetched, image_bytes(root, ref))
+        if prefetch:
+            sample.completion_s, sample.unpacked_s = wait_completion(root, ref, began)
+    finally:
+        sh(LAYERFS, "umount", mnt)
+    return sample
+
+
+def run_in(mnt: Path, command: list[str]) -> float:
+    """Run *command* in the mounted image with chroot; the time it ended."""
+    sh("mount", "--bind", "/dev/null", mnt / "dev" / "null")  # FUSE mounts are nodev
+    try:
+        sh("chroot", mnt, *command)
+        return time.monotonic()
+    finally:
+        sh("umount", mnt / "dev" / "null")
+
+
+def image_bytes(root: Path, ref: str) -> int:
+    """The compressed size of the image's layers."""
+    return sum(d.size for d in Store.open(root).resolve(ref).layers)
+
+
+def wait_completion(root: Path, ref: str, began: float) -> tuple[float, float]:
+    """Seconds from *began* until every layer is fetched and verified, and unpacked."""
     store = Store.open(root)
     image = store.resolve(ref)
-    with RegistryRemote() as remote:
-        completion = Completion(store, image, remote).start() if prefetch else None
-        record = store.lazy.record(image.layers[0].digest)
-        assert record is not None
-        layer = remote.layer(store.lazy, record)
-        for path in files:
-            if layer.toc.get(path) is not None:
-                layer.read_file(path)
-        first = time.monotonic() - began
-        fetched = remote.statistics().bytes
-        done: float | None = None
-        if completion is not None:
-            completion.wait_done()
-            done = time.monotonic() - began
-    return first, fetched, done
+    deadline = time.monotonic() + COMPLETION_LIMIT
+    verified: float | None = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if verified is None and all(store.has_blob(d.digest) for d in image.layers):
+            verified = now - began
+        if verified is not None and all(store.layout.layer_dir(d).is_dir() for d in image.diff_ids):
+            return verified, now - began
+        time.sleep(POLL)
+    raise RuntimeError(f"background completion of {ref} did not end in {COMPLETION_LIMIT}s")
+
+
+def run_faults(work: Path, ref: str, registry: Registry, rootfs: Path) -> dict[str, object]:
+    """A lazy mount with --fetch-timeout, then the registry stopped: each read of a file that
+    is not local, timed (the registry stays stopped: run this last)."""
+    root, mnt = work / "faults", work / "mnt-faults"
+    mnt.mkdir()
+    sh(LAYERFS, "pull", "--lazy", "--no-prefetch", "--insecure", "-q", "--root", root, ref)
+    timeout = str(FAULT_TIMEOUT)
+    sh(LAYERFS, "mount", "--root", root, "--fetch-timeout", timeout, ref, mnt)
+    files = sorted(p for p in (rootfs / "usr/bin").iterdir() if p.is_file() and not p.is_symlink())
+    paths = [str(p.relative_to(rootfs)) for p in files[:FAULT_READS]]
+    reads: list[dict[str, object]] = []
+    try:
+        registry.stop()
+        for path in paths:
+            began = time.monotonic()
+            try:
+                (mnt / path).read_bytes()
+                outcome = "read"
+            except OSError as exc:
+                outcome = errno.errorcode.get(exc.errno or 0, str(exc))
+            reads.append({"path": path, "seconds": time.monotonic() - began, "outcome": outcome})
+    finally:
+        sh(LAYERFS, "umount", mnt)
+    return {"fetch_timeout_s": FAULT_TIMEOUT, "reads": reads}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,8 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     size = 20 if args.quick else args.size_mb
     reps = 1 if args.quick else args.reps
+    meta = collect({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     work = Path(tempfile.mkdtemp(prefix="layerfs-bench-lazy-"))
     samples: list[Sample] = []
+    faults: dict[str, object] = {}
     registry = Registry(work / "registry")
     try:
         rootfs = work / "bundle" / "rootfs"
@@ -327,62 +355,144 @@ def main(argv: list[str] | None = None) -> int:
         sh("umoci", "unpack", "--image", f"{work / 'layout'}:img", work / "bundle")
         build_rootfs(rootfs, size << 20)
         sh("umoci", "repack", "--image", f"{work / 'layout'}:img", work / "bundle")
-        files = {name: opened_files(rootfs, cmd) for name, cmd in COMMANDS.items()}
         refs = push_images(work, registry, work / "layout")
         with ThrottleProxy(registry.port, args.rtt_ms / 1000, args.mbit * 125_000) as proxy:
             for rep in range(reps):
                 for fmt, repo in refs.items():
                     ref = f"{proxy.host}/{repo}"
                     for name, cmd in COMMANDS.items():
-                        samples += one_round(work, ref, fmt, name, cmd, files[name], rep)
+                        samples += one_round(work, ref, fmt, name, cmd, rep, proxy)
+            faults = run_faults(work, f"{proxy.host}/{refs['zstd:chunked']}", registry, rootfs)
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)
-    report(samples, args)
+    report(samples, faults, args, meta)
     return 0
 
 
+MODES = ("full", "lazy", "lazy-no-prefetch")
+
+
 def one_round(
-    work: Path, ref: str, fmt: str, name: str, cmd: list[str], files: list[str], rep: int
+    work: Path, ref: str, fmt: str, name: str, cmd: list[str], rep: int, proxy: ThrottleProxy
 ) -> list[Sample]:
+    """The three modes of one format and command, each in a fresh store; the order of the
+    modes turns with *rep*, so none always runs first."""
     out = []
     tag = f"{fmt.replace(':', '-')}-{name}-{rep}"
     mnt = work / f"mnt-{tag}"
     mnt.mkdir()
-    full = run_full(work / f"full-{tag}", ref, cmd, mnt)
-    image = Store.open(work / f"full-{tag}").resolve(ref)
-    total = sum(d.size for d in image.layers)
-    out.append(Sample(fmt, name, "full", full, total, total, full))
-    first, fetched, done = run_lazy(work / f"lazy-{tag}", ref, files, True)
-    out.append(Sample(fmt, name, "lazy", first, fetched, total, done))
-    first, fetched, _ = run_lazy(work / f"bare-{tag}", ref, files, False)
-    out.append(Sample(fmt, name, "lazy-no-prefetch", first, fetched, total))
-    for path in work.glob(f"*-{tag}"):
-        shutil.rmtree(path, ignore_errors=True)
-    return out
+    for mode in MODES[rep % 3 :] + MODES[: rep % 3]:
+        root = work / f"{mode}-{tag}"
+        if mode == "full":
+            sample = run_full(root, ref, cmd, mnt, proxy)
+        else:
+            sample = run_lazy(root, ref, cmd, mnt, proxy, prefetch=mode == "lazy")
+        sample.format, sample.command = fmt, name
+        out.append(sample)
+        shutil.rmtree(root, ignore_errors=True)
+    return sorted(out, key=lambda s: MODES.index(s.mode))
 
 
-def report(samples: list[Sample], args: argparse.Namespace) -> None:
-    print(f"lazy pull, {args.rtt_ms:g} ms RTT, {args.mbit:g} Mbit/s (medians)")
-    print(
-        f"{'format':<14}{'cmd':<6}{'mode':<18}{'first cmd s':>12}{'fetched %':>11}"
-        f"{'complete s':>12}"
-    )
-    keys = sorted({(s.format, s.command, s.mode) for s in samples})
-    for key in keys:
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _cell(value: float | None, width: int = 10) -> str:
+    return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
+
+
+def report(
+    samples: list[Sample],
+    faults: dict[str, object],
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+) -> None:
+    """Print the medians and each target's verdict; write lazy.json and lazy-report.txt."""
+    lines = [
+        f"lazy pull, {args.rtt_ms:g} ms RTT, {args.mbit:g} Mbit/s shared link "
+        f"(medians of {1 if args.quick else args.reps}; seconds from the start of the pull)",
+        f"{'format':<14}{'cmd':<6}{'mode':<18}{'first cmd':>10}{'fetched %':>10}"
+        f"{'pull':>10}{'verified':>10}{'unpacked':>10}",
+    ]
+    medians: dict[tuple[str, str, str], dict[str, float | None]] = {}
+    for key in sorted({(s.format, s.command, s.mode) for s in samples}):
         group = [s for s in samples if (s.format, s.command, s.mode) == key]
-        first = statistics.median(s.first_command_s for s in group)
-        share = statistics.median(100 * s.fetched_bytes / s.image_bytes for s in group)
-        done = [s.completion_s for s in group if s.completion_s is not None]
-        done_text = f"{statistics.median(done):12.2f}" if done else f"{'-':>12}"
-        print(f"{key[0]:<14}{key[1]:<6}{key[2]:<18}{first:12.2f}{share:11.1f}{done_text}")
-    print("lazy first command = the command's file reads through the lazy layer reader")
+        row = {
+            "first": _median([s.first_command_s for s in group]),
+            "share": _median([100 * s.fetched_bytes / s.image_bytes for s in group]),
+            "pull": _median([s.pull_s for s in group]),
+            "verified": _median([s.completion_s for s in group]),
+            "unpacked": _median([s.unpacked_s for s in group]),
+        }
+        medians[key] = row
+        cells = "".join(_cell(row[k]) for k in ("first", "share", "pull", "verified", "unpacked"))
+        lines.append(f"{key[0]:<14}{key[1]:<6}{key[2]:<18}{cells}")
+    lines += ["", "targets:", *verdicts(medians, faults)]
+    text = "\n".join(lines)
+    print(text)
     stamp = datetime.date.today().isoformat()
     target = args.results / f"{stamp}-{socket.gethostname()}"
     target.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "results"}
-    doc = {"args": settings, "samples": [asdict(s) for s in samples]}
+    doc = {
+        "meta": meta,
+        "args": settings,
+        "samples": [asdict(s) for s in samples],
+        "faults": faults,
+    }
     (target / "lazy.json").write_text(json.dumps(doc, indent=1))
+    (target / "lazy-report.txt").write_text(text + "\n")
+
+
+def verdicts(
+    medians: dict[tuple[str, str, str], dict[str, float | None]], faults: dict[str, object]
+) -> list[str]:
+    """One line per target and format/command: met, or missed by how much."""
+    out = []
+    for fmt, cmd in sorted({(k[0], k[1]) for k in medians}):
+        full = medians.get((fmt, cmd, "full"), {})
+        lazy = medians.get((fmt, cmd, "lazy"), {})
+        bare = medians.get((fmt, cmd, "lazy-no-prefetch"), {})
+        what = f"  {fmt} {cmd}:"
+        full_first, pull = full.get("first"), full.get("pull")
+        for label, row in (("", lazy), (" no prefetch", bare)):
+            first = row.get("first")
+            if full_first and first:
+                ratio = full_first / first
+                out.append(
+                    f"{what} first command{label} {ratio:.1f}x sooner "
+                    f"({_verdict(ratio >= TARGETS['first'])} >= {TARGETS['first']:g}x)"
+                )
+        share = bare.get("share")
+        if share is not None:
+            limit = TARGETS["no_prefetch_share"]
+            out.append(
+                f"{what} {share:.1f}% fetched by the end of the command without prefetch "
+                f"({_verdict(share <= limit)} <= {limit:g}%)"
+            )
+        verified = lazy.get("verified")
+        if verified and pull:
+            ratio = verified / pull
+            out.append(
+                f"{what} background completion {ratio:.3f}x the full pull "
+                f"({_verdict(ratio <= TARGETS['completion'])} <= {TARGETS['completion']:g}x)"
+            )
+    reads = faults.get("reads")
+    if isinstance(reads, list) and reads:
+        longest = max(float(r["seconds"]) for r in reads)
+        limit = float(str(faults["fetch_timeout_s"]))
+        outcomes = sorted({str(r["outcome"]) for r in reads})
+        out.append(
+            f"  registry gone: {len(reads)} reads ended ({', '.join(outcomes)}) in at most "
+            f"{longest:.2f}s with --fetch-timeout {limit:g} ({_verdict(longest <= limit)})"
+        )
+    return out
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":

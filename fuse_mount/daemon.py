@@ -20,7 +20,7 @@ import tempfile
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from fuse_mount import mountinfo
 from layerfs import Stack, privilege
@@ -37,10 +37,20 @@ FUSE_DEVICE = "/dev/fuse"
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
+class MountService(Protocol):
+    """Work that lives as long as a mount is served (background completion of a lazily
+    pulled image, say): started in the serving process once the mount is ready, stopped
+    when it has been unmounted. Neither call may block for long."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class MountRequest:
     """One mount as asked for, its options read once where it was asked for: the stack, the
-    FUSE and adapter options, where, and how the daemon runs."""
+    FUSE and adapter options, where, how the daemon runs, and what runs along with it."""
 
     spec: StackSpec
     options: MountOptions
@@ -48,6 +58,7 @@ class MountRequest:
     foreground: bool = False
     debug: bool = False
     log_file: Path | None = None
+    services: tuple[MountService, ...] = ()
 
 
 class DaemonError(LayerfsError):
@@ -148,14 +159,28 @@ def _serve(request: MountRequest, stack: Stack, ready_fd: int | None) -> None:
             os.write(ready_fd, READY)
             os.close(ready_fd)
             readiness.sent = True
+        for service in request.services:
+            _run_service(service, "start")
 
     readiness.sent = False
     log.info("serving %s on %s", format_mount_options(request.spec), request.mountpoint)
     try:
         with stack:
-            serve(stack, request.mountpoint, request.options, on_ready=on_ready)
+            try:
+                serve(stack, request.mountpoint, request.options, on_ready=on_ready)
+            finally:
+                for service in request.services:
+                    _run_service(service, "stop")
     finally:
         remove_own_pidfile(pidfile)
+
+
+def _run_service(service: MountService, call: Literal["start", "stop"]) -> None:
+    """Start or stop *service*; one that fails is logged, and the mount goes on without it."""
+    try:
+        service.start() if call == "start" else service.stop()
+    except Exception:
+        log.error("cannot %s %r", call, service, exc_info=True)
 
 
 def _report_failure(exc: BaseException, ready_fd: int | None) -> None:

@@ -100,6 +100,8 @@ class Passthrough:
         self._by_inode: dict[int, _Backing] = {}
         self._by_fh: dict[int, int] = {}
         self._idle: dict[int, None] = {}  # inodes whose backing has no open, oldest first
+        self._cached: dict[int, int] = {}  # inode -> opens through the page cache
+        self._cached_fh: dict[int, int] = {}
 
     def attach(self, ino: int, fh: int, handle: FileHandle) -> int | None:
         """The backing id for a new open *fh* of kernel inode *ino*; :data:`STALE` when the
@@ -121,6 +123,13 @@ class Passthrough:
                 return backing.backing_id
             if self.disabled:
                 return None
+            if not handle.has_fileno() or ino in self._cached:
+                # A layer serves the content itself (a partial layer fetches it as it is
+                # read): through the page cache, as every open of the inode until the last
+                # of those is released, since the kernel mixes no modes on one inode.
+                self._cached[ino] = self._cached.get(ino, 0) + 1
+                self._cached_fh[fh] = ino
+                return None
             try:
                 # a mutable buffer: ioctl() then returns the call's result, the new id
                 arg = bytearray(wire.BACKING_MAP.pack(handle.fileno(), 0, 0))
@@ -141,6 +150,7 @@ class Passthrough:
         with self._lock:
             ino = self._by_fh.pop(fh, None)
             if ino is None:
+                self._uncache(fh)
                 return
             backing = self._by_inode[ino]
             backing.opens -= 1
@@ -156,6 +166,13 @@ class Passthrough:
             for ino in inodes:
                 if ino in self._idle:
                     self._close(ino)
+
+    def _uncache(self, fh: int) -> None:
+        ino = self._cached_fh.pop(fh, None)
+        if ino is not None:
+            self._cached[ino] -= 1
+            if not self._cached[ino]:
+                del self._cached[ino]
 
     def in_use(self) -> int:
         """Backing ids registered, idle or not."""
@@ -479,6 +496,13 @@ HANDLERS: dict[int, tuple[Handler, bool]] = {
     wire.Op.ACCESS: (Handlers.access, False),
     wire.Op.INTERRUPT: (Handlers.interrupt, False),
 }
+
+
+def read_may_block(requests: Requests, body: bytes) -> bool:
+    """Whether a READ request may wait for content to be fetched (then it runs in a worker
+    thread, and other requests go on meanwhile)."""
+    fh, *_ = wire.READ_IN.unpack_from(body)
+    return requests.read_may_block(fh)
 
 
 def open_may_block(body: bytes) -> bool:

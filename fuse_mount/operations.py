@@ -214,7 +214,10 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # Inline: a pread of at most max_read bytes; a thread hop would cost more than it
-        # saves, and the kernel's readahead keeps cold sequential reads streaming.
+        # saves, and the kernel's readahead keeps cold sequential reads streaming. Content a
+        # layer fetches first (a partial layer) is read in a thread.
+        if self.requests.read_may_block(fh):
+            return await self._in_thread(self.requests.read, fh, off, size)
         return self.requests.read(fh, off, size)
 
     @_boundary

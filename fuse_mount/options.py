@@ -19,7 +19,7 @@ from pathlib import Path
 from fuse_mount.attrs import Timeouts
 from fuse_mount.idmap import IdMap, build_idmap
 from layerfs.errors import ConfigError
-from layerfs.options import StackSpec, parse_option_items
+from layerfs.options import Lower, StackSpec, parse_option_items
 from layerfs.privilege import is_privileged
 
 # Passed to libfuse as they are: FUSE options and the generic flags libfuse turns into
@@ -124,7 +124,7 @@ class MountOptions:
 def parse_mount(
     items: Iterable[str],
     *,
-    lowers: Sequence[Path] = (),
+    lowers: Sequence[Lower] = (),
     upper: Path | None = None,
     work: Path | None = None,
     fsname: str | None = None,

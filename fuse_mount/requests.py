@@ -338,6 +338,14 @@ class Requests:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return self.files.get(fh).handle.read(size, offset)
 
+    def read_may_block(self, fh: int) -> bool:
+        """Whether a read of *fh* may wait for long: its layer serves the content without a
+        host descriptor (a partial layer may fetch it first), so run it in a thread."""
+        try:
+            return not self.files.get(fh).handle.has_fileno()
+        except OSError:
+            return False  # not open: the read itself answers EBADF
+
     def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         """Write all of *data*: without direct_io the kernel expects every byte to be taken."""
         handle = self.files.get(fh).handle

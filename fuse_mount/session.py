@@ -4,7 +4,8 @@ Concurrency: one loop in the main thread reads ``/dev/fuse`` into a preallocated
 serves every short request inline (lookups, getattr, listings, reads and writes of open
 files, xattr reads): each takes a few microseconds of Python, less than a thread hand-off
 would cost, and Python's GIL would serialise them anyway. Requests that may take long (a
-copy-up, creating, removing, renaming, fsync) go to a pool of ``threads`` worker threads,
+copy-up, creating, removing, renaming, fsync, a read of a file whose layer may fetch its
+content first) go to a pool of ``threads`` worker threads,
 which write their replies themselves (each reply is one ``write`` to the device, so replies
 from several threads never interleave). With passthrough, file data never reaches the
 daemon at all.
@@ -42,6 +43,7 @@ from fuse_mount.native import (
     Request,
     describe_call,
     open_may_block,
+    read_may_block,
 )
 from fuse_mount.requests import Requests, describe, errno_of
 from layerfs import privilege
@@ -273,7 +275,11 @@ class Session:
             self._reply_error(req.unique, errno.ENOSYS)
             return False
         handler, slow = entry
-        if slow or (req.opcode == wire.Op.OPEN and open_may_block(body)):
+        if (
+            slow
+            or (req.opcode == wire.Op.OPEN and open_may_block(body))
+            or (req.opcode == wire.Op.READ and read_may_block(self.requests, body))
+        ):
             self._pool.submit(self._serve, handler, req, body)
         elif self._debug:
             self._serve(handler, req, body)

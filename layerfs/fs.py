@@ -25,6 +25,7 @@ import resource
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from layerfs import hostfs
@@ -83,8 +84,8 @@ class Overlay:
         # position 0 is the upper; a read-only stack keeps a placeholder there
         self.layers.append(self.upper_layer if self.upper_layer is not None else _NoUpper())
         if lowers is None:
-            for path in spec.lowers:
-                self.layers.append(HostLayer(path))
+            for lower in spec.lowers:
+                self.layers.append(HostLayer(lower) if isinstance(lower, Path) else lower.open())
         else:
             self.layers.extend(lowers)
         if spec.work is not None:

@@ -14,6 +14,10 @@ written through :mod:`layerfs.upper`.
 
 A layer never changes while a stack is assembled (the same rule as kernel overlayfs), which is
 what lets the stack cache what it has read.
+
+A :class:`~layerfs.options.StackSpec` names each lower layer by a host directory or by a
+:class:`LayerSource`, which opens its layer when the stack is assembled (a partial layer of
+the image store, read through its table of contents, is one).
 """
 
 from __future__ import annotations
@@ -87,6 +91,18 @@ class Layer(Protocol):
     def statfs(self) -> StatFs: ...
 
     def close(self) -> None: ...
+
+
+class LayerSource(Protocol):
+    """A lower layer that is not a host directory, as a stack description names it.
+
+    :meth:`open` is called once per stack assembled from the description; the stack closes
+    the layer. *description* names the layer in messages and option strings.
+    """
+
+    description: str
+
+    def open(self) -> Layer: ...
 
 
 class HostFile:

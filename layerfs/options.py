@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerfs.errors import ConfigError
+from layerfs.layer import LayerSource
 from layerfs.privilege import whiteout_style_for
 from layerfs.whiteout import UpperFormat, WhiteoutStyle, XattrNamespace
+
+Lower = Path | LayerSource  # a host directory, or a layer opened from elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +40,14 @@ class StackOptions:
 
 @dataclass(frozen=True, slots=True)
 class StackSpec:
-    """Where a stack's layers are: lowers top-most first, and an optional upper + work dir."""
+    """Where a stack's layers are: lowers top-most first, and an optional upper + work dir.
 
-    lowers: tuple[Path, ...]
+    A lower is a host directory (a :class:`~pathlib.Path`) or a
+    :class:`~layerfs.layer.LayerSource` that opens a layer of another kind when the stack is
+    assembled (see ``docs/api.md``, "Layers that are not host directories").
+    """
+
+    lowers: tuple[Lower, ...]
     upper: Path | None = None
     work: Path | None = None
     options: StackOptions = field(default_factory=StackOptions)
@@ -53,7 +61,7 @@ class StackSpec:
         if check_lowers and not self.lowers:
             raise ConfigError("at least one lower layer is needed")
         for lower in self.lowers if check_lowers else ():
-            if not lower.is_dir():
+            if isinstance(lower, Path) and not lower.is_dir():
                 raise ConfigError(f"lower layer is not a directory: {lower}")
         if (self.upper is None) != (self.work is None):
             raise ConfigError("an upper layer needs a work directory, and a work dir an upper")
@@ -87,7 +95,7 @@ def parse_option_items(
     items: Iterable[str],
     *,
     privileged: bool = True,
-    lowers: Sequence[Path] = (),
+    lowers: Sequence[Lower] = (),
     upper: Path | None = None,
     work: Path | None = None,
 ) -> tuple[StackSpec, list[str]]:
@@ -108,7 +116,7 @@ def parse_option_items(
     directory can make them and ``.wh.`` files elsewhere; ``whiteout=`` overrides either
     choice. Raises :class:`ConfigError` for a bad ``whiteout=`` or ``metacopy=`` value.
     """
-    found = list(lowers)
+    found: list[Lower] = list(lowers)
     user_xattrs = not privileged
     metacopy = False
     whiteouts: WhiteoutStyle | None = None
@@ -145,7 +153,9 @@ def parse_option_items(
 
 def format_mount_options(spec: StackSpec) -> str:
     """*spec* in the overlay option syntax: what :func:`parse_mount_options` reads back as
-    *spec* (with ``privileged=True``), whatever characters its paths hold.
+    *spec* (with ``privileged=True``), whatever characters its paths hold. A lower that is a
+    :class:`~layerfs.layer.LayerSource` is written as its description, which names it for a
+    reader (a log line) and reads back as a path.
 
     ``lowerdir=``, ``upperdir=`` and ``workdir=`` name the layers (paths escaped); the
     options follow where they differ from the kernel's defaults: ``userxattr``,
@@ -226,10 +236,15 @@ def split_lowerdir(value: str) -> list[str]:
     return split_escaped(value, ":", keep_escapes=False)
 
 
-def format_lowerdir(lowers: Iterable[Path]) -> str:
+def format_lowerdir(lowers: Iterable[Lower]) -> str:
     """A ``lowerdir=`` value (and ``--lower`` argument) naming exactly *lowers*, top-most first:
-    :func:`split_lowerdir` reads it back whatever characters the paths hold."""
-    return ":".join(escape_option_value(str(p)) for p in lowers)
+    :func:`split_lowerdir` reads it back whatever characters the paths hold (a layer source
+    is written as its description)."""
+    return ":".join(escape_option_value(_name(p)) for p in lowers)
+
+
+def _name(lower: Lower) -> str:
+    return str(lower) if isinstance(lower, Path) else lower.description
 
 
 def escape_option_value(value: str) -> str:

@@ -38,7 +38,7 @@ from layerfs.types import DirEntry, FileKind, Stat, StatFs
 if TYPE_CHECKING:
     from layerfs.access import Credentials
     from layerfs.file import FileHandle
-    from layerfs.layer import Layer
+    from layerfs.layer import Layer, LayerSource
 
 PathArg = str | os.PathLike[str]
 BeforeWrite = Callable[[Node], None]
@@ -53,18 +53,18 @@ class Stack(CallerView):
 
     def __init__(
         self,
-        lowers: Sequence[PathArg],
+        lowers: Sequence[PathArg | LayerSource],
         upper: PathArg | None = None,
         work: PathArg | None = None,
         *,
         options: StackOptions | None = None,
         layers: list[Layer] | None = None,
     ) -> None:
-        """Assemble a stack of host directories; *layers*, when given, are the lower layers
-        themselves (any :class:`~layerfs.layer.Layer`, top-most first) and *lowers* only
-        names them."""
+        """Assemble a stack of host directories (or of the layers *lowers* sources open);
+        *layers*, when given, are the lower layers themselves (any
+        :class:`~layerfs.layer.Layer`, top-most first) and *lowers* only names them."""
         spec = StackSpec(
-            tuple(Path(p) for p in lowers),
+            tuple(Path(p) if isinstance(p, (str, os.PathLike)) else p for p in lowers),
             Path(upper) if upper is not None else None,
             Path(work) if work is not None else None,
             options or StackOptions(),

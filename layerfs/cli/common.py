@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from fuse_mount.daemon import MountService
+    from layerfs.options import Lower
     from layerfs.store.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ROOT_ENV = "LAYERFS_ROOT"
 # Compressions a new image layer may have (``commit``, ``squash``).
 IMAGE_COMPRESSIONS = ("gzip", "zstd")
+FETCH_TIMEOUT = 30.0  # seconds a read of a lazily pulled layer may wait (RangeOptions' default)
 
 
 def root_option(func: F) -> F:
@@ -60,17 +64,54 @@ def compression_option(func: F) -> F:
     )(func)
 
 
-def open_store(root: str | None) -> Store:
+def fetch_timeout_option(func: F) -> F:
+    """``--fetch-timeout SECONDS``: how long a read of a lazily pulled layer may wait."""
+    return click.option(
+        "--fetch-timeout",
+        type=click.FloatRange(min=0.1),
+        default=FETCH_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="For layers pulled with --lazy: how long a read may wait for content from the "
+        "registry before it fails with EIO.",
+    )(func)
+
+
+def open_store(root: str | None, fetch_timeout: float = FETCH_TIMEOUT) -> Store:
     """The store at *root* (``None``: the default root), able to complete lazily pulled layers
-    from their registries."""
+    from their registries and to read them, one read waiting *fetch_timeout* seconds at most."""
     from layerfs.lazy.remote import RegistryRemote
+    from layerfs.registry.ranges import RangeOptions
     from layerfs.store.store import Store
 
     store = Store.open(root)
-    store.remote = RegistryRemote()
+    store.remote = RegistryRemote(ranges=RangeOptions(timeout=fetch_timeout))
     return store
 
 
 def echo_json(value: Any) -> None:
     """Print *value* as indented JSON, keys in their order."""
     click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+Layers = tuple[list["Lower"], Path | None, Path | None]  # lowers top-most first, upper, work
+
+
+def store_layers(
+    root: str | None, source: str, fetch_timeout: float = FETCH_TIMEOUT
+) -> tuple[Layers, tuple[MountService, ...]]:
+    """The layers of an image (read-only) or a container (with its upper) in the store, and
+    what runs along with its mount. The partial layers of a lazily pulled image are read
+    through their TOCs (content fetched as it is read) and completed in the background
+    while the mount is served, unless pulled with ``--no-prefetch``; a partial layer
+    without a TOC is fetched whole first. A read waits *fetch_timeout* seconds at most."""
+    from layerfs.lazy.completion import MountCompletion
+    from layerfs.lazy.remote import RegistryRemote
+
+    store = open_store(root, fetch_timeout)
+    lowers, upper, work = store.mount_spec(source)
+    services: tuple[MountService, ...] = ()
+    if not all(isinstance(lower, Path) for lower in lowers):
+        assert isinstance(store.remote, RegistryRemote)
+        services = (MountCompletion(store, store.mount_image(source), store.remote),)
+    return (lowers, upper, work), services

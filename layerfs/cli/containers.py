@@ -14,9 +14,11 @@ import click
 from layerfs.cli.common import (
     compression_option,
     echo_json,
+    fetch_timeout_option,
     format_option,
     open_store,
     root_option,
+    store_layers,
 )
 from layerfs.cli.progress import progress_bar
 from layerfs.store.bundle import write_config
@@ -110,10 +112,17 @@ def commit_cmd(
 
 @click.command("bundle", context_settings={"ignore_unknown_options": True})
 @root_option
+@fetch_timeout_option
 @click.argument("container")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple[str, ...]) -> None:
+def bundle_cmd(
+    root: str | None,
+    fetch_timeout: float,
+    container: str,
+    directory: Path,
+    command: tuple[str, ...],
+) -> None:
     """Make DIRECTORY an OCI runtime bundle of CONTAINER (for runc run --bundle DIRECTORY).
 
     Writes DIRECTORY/config.json (the process is COMMAND, given after --, or the image's
@@ -126,12 +135,12 @@ def bundle_cmd(root: str | None, container: str, directory: Path, command: tuple
     store = open_store(root)
     box = store.container(container)
     config = store.runtime_config(box, list(command) or None)
-    lowers, upper, work = store.mount_spec(box.id)
+    (lowers, upper, work), services = store_layers(root, box.id, fetch_timeout)
     write_config(directory, config)
     # FUSE serves only the mounting user unless allow_other
     items = ["allow_other"] if config["process"]["user"]["uid"] != os.geteuid() else []
     spec, options = parse_mount(items, lowers=lowers, upper=upper, work=work)
-    daemon.mount(daemon.MountRequest(spec, options, directory / "rootfs"))
+    daemon.mount(daemon.MountRequest(spec, options, directory / "rootfs", services=services))
     click.echo(directory)
 
 

@@ -9,11 +9,15 @@ without pyfuse3.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from layerfs.cli.common import root_option
+from layerfs.cli.common import Layers, fetch_timeout_option, root_option, store_layers
 from layerfs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fuse_mount.daemon import MountService
 
 
 @click.command("mount")
@@ -31,6 +35,7 @@ from layerfs.errors import ConfigError
 @click.option("--log", "log_file", metavar="FILE", help="Append the daemon's log to FILE.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 @root_option
+@fetch_timeout_option
 @click.argument("targets", nargs=-1, required=True, metavar="[IMAGE|CONTAINER] MOUNTPOINT")
 @click.pass_context
 def mount(
@@ -43,6 +48,7 @@ def mount(
     log_file: str | None,
     debug: bool,
     root: str | None,
+    fetch_timeout: float,
     targets: tuple[str, ...],
 ) -> None:
     """Mount lower layers (and an upper) at MOUNTPOINT; returns once the mount is ready.
@@ -57,10 +63,11 @@ def mount(
     if len(targets) > 2:
         raise click.UsageError("expected [IMAGE|CONTAINER] MOUNTPOINT")
     source = targets[0] if len(targets) == 2 else None
+    services: tuple[MountService, ...] = ()
     if source is not None:
         if lower is not None or upper is not None or work is not None:
             raise ConfigError("give either IMAGE|CONTAINER or --lower/--upper/--work")
-        lowers, upper_dir, work_dir = _store_layers(root, source)
+        (lowers, upper_dir, work_dir), services = store_layers(root, source, fetch_timeout)
     else:
         lowers, upper_dir, work_dir = _given_layers(lower, upper, work)
     items = [item for text in options for item in split_option_list(text)]
@@ -72,6 +79,7 @@ def mount(
         foreground=foreground,
         debug=debug or bool(ctx.obj and ctx.obj.get("debug")),
         log_file=Path(log_file) if log_file else None,
+        services=services,
     )
     daemon.mount(request)
 
@@ -83,18 +91,6 @@ def umount(mountpoint: Path) -> None:
     from fuse_mount.umount import unmount
 
     unmount(mountpoint)
-
-
-Layers = tuple[list[Path], Path | None, Path | None]
-
-
-def _store_layers(root: str | None, source: str) -> Layers:
-    """The layers of an image (read-only) or a container (with its upper) in the store; the
-    partial layers of a lazily pulled image are completed first."""
-    from layerfs.cli.common import open_store
-
-    lowers, upper, work = open_store(root).mount_spec(source)
-    return lowers, upper, work
 
 
 def _given_layers(lower: str | None, upper: str | None, work: str | None) -> Layers:

@@ -12,6 +12,12 @@ a chunk that does not match is never served.
 
 Reads record the order in which files are first read (``.order``): the next background
 completion of the layer fetches them first (:func:`priority_ranges`).
+
+A read may be given a *deadline* (``time.monotonic()`` seconds): waiting for bytes another
+thread is fetching and fetching them itself then both end by it, with a temporary
+:class:`RegistryError`, so one read never takes longer than the time it was given. Decoded
+chunks are also kept in memory (:class:`ChunkMemory`), so reading a large chunk piece by
+piece decodes and verifies it once.
 """
 
 from __future__ import annotations
@@ -19,23 +25,58 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from layerfs.errors import DigestMismatchError, LayerFormatError, oserror
+from layerfs.errors import DigestMismatchError, LayerFormatError, RegistryError, oserror
 from layerfs.lazy.decode import decompress, verify, zeros
 from layerfs.lazy.toc import Chunk, EntryType, Toc, TocEntry
 from layerfs.store.partial import LazyStore, PartialBlob, merge, subtract
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[list[tuple[int, int]]], list[bytes]]  # ranges of the blob -> their bytes
+# ranges of the blob and a deadline (time.monotonic(), None: the fetcher's own bound) -> bytes
+Fetch = Callable[[list[tuple[int, int]], float | None], list[bytes]]
+MEMORY_BUDGET = 64 << 20  # bytes of decoded chunks a layer reader keeps in memory
+FILL_GAP = 64 << 10  # bytes between two ranges of one fetch that are fetched too (one request)
+
+
+class ChunkMemory:
+    """Verified chunk contents by digest, the most recently used ones up to *budget* bytes."""
+
+    def __init__(self, budget: int = MEMORY_BUDGET) -> None:
+        self.budget = budget
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(digest)
+            if data is not None:
+                self._items.move_to_end(digest)
+            return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > self.budget:
+            return
+        with self._lock:
+            if digest in self._items:
+                return
+            self._items[digest] = data
+            self._size += len(data)
+            while self._size > self.budget:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
 
 
 class RangeFiller:
     """Fills a partial blob from *fetch*; a range being fetched is never fetched twice.
 
     *fetch* reads byte ranges of the blob (a :class:`~layerfs.registry.ranges.RangeClient`
-    bound to it) and raises :class:`RegistryError` after its bounded time. Thread-safe.
+    bound to it) and raises :class:`RegistryError` after its bounded time, or by the
+    deadline it is given. Thread-safe.
     """
 
     def __init__(self, partial: PartialBlob, fetch: Fetch) -> None:
@@ -44,12 +85,18 @@ class RangeFiller:
         self._lock = threading.Lock()
         self._inflight: dict[tuple[int, int], threading.Event] = {}
 
-    def ensure_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
+    def ensure_ranges(
+        self, ranges: Iterable[tuple[int, int]], deadline: float | None = None
+    ) -> None:
         """Make the partial blob hold every byte of *ranges*, fetching what is missing.
 
-        Ranges another thread is fetching are waited for, then checked again.
+        Holes of at most :data:`FILL_GAP` bytes between them are fetched too: the chunks of
+        one file lie a few bytes apart in a blob, and one request costs less than one round
+        trip per chunk. Ranges another thread is fetching are waited for, then checked
+        again. With a *deadline*, raises a temporary :class:`RegistryError` once it has
+        passed.
         """
-        spans = merge(list(ranges))
+        spans = _fill_gaps(merge(list(ranges)), FILL_GAP)
         while True:
             mine: list[tuple[int, int]] = []
             waits: list[threading.Event] = []
@@ -64,7 +111,7 @@ class RangeFiller:
                             self._inflight[piece] = threading.Event()
             if mine:
                 try:
-                    for piece, data in zip(mine, self._fetch(mine), strict=True):
+                    for piece, data in zip(mine, self._fetch(mine, deadline), strict=True):
                         self.partial.write(piece[0], data)
                 finally:
                     with self._lock:
@@ -75,17 +122,31 @@ class RangeFiller:
                     return
                 continue
             for event in waits:
-                event.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if not event.wait(left if left is None else max(0.0, left)):
+                    raise RegistryError(
+                        f"blob {self.partial.descriptor.digest}: the bytes another read is "
+                        "fetching did not arrive in time",
+                        temporary=True,
+                    )
 
 
 class LazyLayer:
     """One partial layer with a TOC: file reads by in-layer path; thread-safe."""
 
-    def __init__(self, lazy: LazyStore, filler: RangeFiller, toc: Toc, record: bool = True) -> None:
+    def __init__(
+        self,
+        lazy: LazyStore,
+        filler: RangeFiller,
+        toc: Toc,
+        record: bool = True,
+        memory: ChunkMemory | None = None,
+    ) -> None:
         self.lazy = lazy
         self.filler = filler
         self.partial = filler.partial
         self.toc = toc
+        self.memory = memory or ChunkMemory()
         self._record = record
         self._seen: set[str] = set()
         self._lock = threading.Lock()
@@ -111,34 +172,63 @@ class LazyLayer:
         entry = self.entry(path)
         if entry.type is not EntryType.REG:
             raise oserror(errno.EISDIR if entry.type is EntryType.DIR else errno.EINVAL, path)
+        self.note(entry.path)
+        return self.read_entry(entry, offset, size)
+
+    def read_entry(
+        self,
+        entry: TocEntry,
+        offset: int,
+        size: int,
+        deadline: float | None = None,
+        ahead: int = 0,
+    ) -> bytes:
+        """Up to *size* bytes of the regular file *entry* from *offset* (short at its end),
+        fetching what is missing by *deadline* (see the module docstring). The compressed
+        bytes of the file's next *ahead* bytes are fetched in the same request when they
+        are missing (a file is mostly read on), but not decoded yet."""
         end = min(entry.size, offset + size)
         if offset >= end:
             return b""
-        self._note(entry.path)
         wanted = [c for c in entry.chunks if c.offset < end and c.offset + c.size > offset]
-        contents = self.chunk_contents(entry, wanted)
-        data = b"".join(contents)
+        if ahead:
+            more = [c for c in entry.chunks if end <= c.offset < end + ahead and not c.zeros]
+            if more and self.partial.missing(more[0].start, more[-1].end):
+                self.filler.ensure_ranges(
+                    [(c.start, c.end) for c in (*wanted, *more) if not c.zeros], deadline
+                )
+        contents = self.chunk_contents(entry, wanted, deadline)
         first = wanted[0].offset
-        return data[offset - first : end - first]
+        if len(contents) == 1:
+            return contents[0][offset - first : end - first]
+        return b"".join(contents)[offset - first : end - first]
 
     def read_file(self, path: str) -> bytes:
         """The whole content of the regular file *path*."""
         entry = self.entry(path)
         return self.read(path, 0, entry.size)
 
-    def chunk_contents(self, entry: TocEntry, chunks: list[Chunk]) -> list[bytes]:
+    def chunk_contents(
+        self, entry: TocEntry, chunks: list[Chunk], deadline: float | None = None
+    ) -> list[bytes]:
         """The verified content of *chunks* of *entry*, fetching what is missing in one go."""
         found: dict[int, bytes] = {}
         for chunk in chunks:
-            if chunk.zeros:
-                found[chunk.offset] = verify(chunk, zeros(chunk), entry.path)
-                continue
-            cached = self.lazy.chunks.get(chunk.digest)
+            cached = self.memory.get(chunk.digest)
+            if cached is None and chunk.zeros:
+                cached = verify(chunk, zeros(chunk), entry.path)
+                self.memory.put(chunk.digest, cached)
+            elif cached is None:
+                cached = self.lazy.chunks.get(chunk.digest)
+                if cached is not None:
+                    self.memory.put(chunk.digest, cached)
             if cached is not None:
                 found[chunk.offset] = cached
         needed = [c for c in chunks if c.offset not in found]
         for attempt in range(2):
-            self.filler.ensure_ranges([(c.start, c.end) for c in needed])
+            if not needed:
+                break
+            self.filler.ensure_ranges([(c.start, c.end) for c in needed], deadline)
             bad: list[Chunk] = []
             for chunk in needed:
                 try:
@@ -157,9 +247,11 @@ class LazyLayer:
         raw = self.partial.read(chunk.start, chunk.end)
         content = verify(chunk, decompress(self.toc.format, chunk, raw), entry.path)
         self.lazy.chunks.put(chunk.digest, content)
+        self.memory.put(chunk.digest, content)
         return content
 
-    def _note(self, path: str) -> None:
+    def note(self, path: str) -> None:
+        """Record that *path* was read (once per reader): the layer's read order."""
         if not self._record:
             return
         with self._lock:
@@ -167,6 +259,17 @@ class LazyLayer:
                 return
             self._seen.add(path)
         self.lazy.note_read(self.digest, path)
+
+
+def _fill_gaps(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """Merged *spans* with the holes of at most *gap* bytes between them filled."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if out and start - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -13,6 +13,7 @@ request. A server that ignores ``Range`` and answers ``200`` is read up to the r
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -84,6 +85,7 @@ class RangeClient:
         self.settings = ranges or RangeOptions()
         self._urls = pull_endpoints(remote, self.options)
         self._transports: dict[str, Transport] = {}
+        self._pid = os.getpid()
         self._preferred = 0  # index of the endpoint that answered last
         self._lock = threading.Lock()
         self._requests = self._bytes = self._failures = 0
@@ -104,17 +106,26 @@ class RangeClient:
         with self._lock:
             return RangeStatistics(self._requests, self._bytes, self._failures)
 
+    def prepare(self) -> None:
+        """Set up the HTTP client of every endpoint now, so the first read does not pay for
+        it (tens of milliseconds: TLS settings are loaded even for plain HTTP)."""
+        for url in self._urls:
+            self._transport(url)
+
     def read(self, digest: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (end exclusive) of blob *digest*: exactly ``end - start``."""
         return self.read_ranges(digest, [(start, end)])[0]
 
-    def read_ranges(self, digest: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    def read_ranges(
+        self, digest: str, ranges: Sequence[tuple[int, int]], deadline: float | None = None
+    ) -> list[bytes]:
         """The bytes of each of *ranges*, in the order given, fetched as merged requests.
 
-        The time bound applies to each merged request.
+        The time bound applies to each merged request; a *deadline* (``time.monotonic()``
+        seconds) ends the whole call by then, whatever is left of each request's bound.
         """
         merged = merge_ranges(ranges, self.settings.merge_gap, self.settings.max_request)
-        pieces = {span: self._fetch(digest, *span) for span in merged}
+        pieces = {span: self._fetch(digest, span[0], span[1], deadline) for span in merged}
         out = []
         for start, end in ranges:
             for (m_start, m_end), data in pieces.items():
@@ -125,8 +136,11 @@ class RangeClient:
                 out.append(b"")  # an empty range
         return out
 
-    def _fetch(self, digest: str, start: int, end: int) -> bytes:
-        deadline = time.monotonic() + self.settings.timeout
+    def _fetch(self, digest: str, start: int, end: int, limit: float | None = None) -> bytes:
+        began = time.monotonic()
+        deadline = began + self.settings.timeout
+        if limit is not None:
+            deadline = min(deadline, limit)
         what = f"blob {digest} bytes {start}-{end - 1}"
         delay = self.settings.retry_delay
         last: Exception | None = None
@@ -151,7 +165,7 @@ class RangeClient:
             remaining = deadline - time.monotonic()
             if remaining <= delay:
                 raise RegistryError(
-                    f"{what}: no answer within {self.settings.timeout:g}s ({last})", temporary=True
+                    f"{what}: no answer within {deadline - began:.3g}s ({last})", temporary=True
                 )
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -167,6 +181,9 @@ class RangeClient:
 
     def _transport(self, url: str) -> Transport:
         with self._lock:
+            if self._pid != os.getpid():
+                # a forked child (a mount daemon): the connections stay the parent's
+                self._transports, self._pid = {}, os.getpid()
             transport = self._transports.get(url)
             if transport is None:
                 single = Options(

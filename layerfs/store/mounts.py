@@ -25,10 +25,10 @@ import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from layerfs.errors import BadReferenceError, ConfigError, StoreError
+from layerfs.options import Lower
 from layerfs.stack import Stack
 from layerfs.types import Stat
 
@@ -150,7 +150,7 @@ def normalize_target(text: str) -> str:
 
 
 @contextlib.contextmanager
-def image_view(lowers: Sequence[Path]) -> Iterator[Stack | None]:
+def image_view(lowers: Sequence[Lower]) -> Iterator[Stack | None]:
     """A read-only stack of an image's layers (None for an image without layers)."""
     if not lowers:
         yield None

@@ -28,12 +28,13 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from layerfs.errors import DigestMismatchError, NotFoundError, StoreError
+from layerfs.layer import LayerSource
 from layerfs.lazy.formats import load_stored
 from layerfs.lazy.toc import Toc, TocFormat
 from layerfs.store.blobs import BlobStore, atomic_file, fsync_dir
@@ -45,11 +46,16 @@ HASH_CHUNK = 1 << 20  # bytes read at a time when verifying a finished blob
 
 
 class RemoteBlobs(Protocol):
-    """Completes partial layer blobs from where they came from (a registry)."""
+    """Completes partial layer blobs from where they came from (a registry), and reads them."""
 
     def complete(self, lazy: LazyStore, record: LazyRecord) -> None:
         """Fetch every missing byte of the partial blob of *record* into ``lazy.partial``
         (the store then verifies it with :meth:`PartialBlob.finish`)."""
+        ...
+
+    def layer_source(self, lazy: LazyStore, record: LazyRecord, local_dir: Path) -> LayerSource:
+        """The partial layer *record* (which has a TOC) as a lower of a stack, its content
+        fetched as it is read; *local_dir* is where the store unpacks it once complete."""
         ...
 
 
@@ -327,6 +333,34 @@ class ChunkCache:
     def has(self, digest: str) -> bool:
         return self._path(digest).is_file()
 
+    def open(self, digest: str, size: int) -> int | None:
+        """A read-only descriptor of the content cached as *digest*, or ``None`` when there
+        is none of *size* bytes. Not hashed again: entries are verified when they are put,
+        and a reader of a whole file hands its descriptor on (passthrough)."""
+        try:
+            fd = os.open(self._path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        if os.fstat(fd).st_size != size:
+            os.close(fd)
+            return None
+        return fd
+
+    def put_pieces(self, digest: str, pieces: Iterable[bytes]) -> None:
+        """Store the concatenation of *pieces* as *digest* if it hashes to it (a whole file
+        from its verified chunks); :class:`DigestMismatchError` otherwise."""
+        path = self._path(digest)
+        if path.exists():
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        hasher = hashlib.sha256()
+        with atomic_file(path, self.tmp_dir) as out:
+            for piece in pieces:
+                hasher.update(piece)
+                out.write(piece)
+            if f"sha256:{hasher.hexdigest()}" != digest:
+                raise DigestMismatchError(f"file {digest}: chunks do not hash to it")
+
     def put(self, digest: str, data: bytes) -> None:
         if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
             raise DigestMismatchError(f"chunk {digest}: content does not hash to it")
@@ -427,9 +461,13 @@ class LazyStore:
         return load_stored(fmt, desc.annotations, desc.size, record.content_end, data)
 
     def chunk_digests(self, record: LazyRecord) -> set[str]:
-        """Digests of every chunk the layer's TOC names (none for a layer without a TOC)."""
+        """Digests of every chunk and whole file the layer's TOC names (none for a layer
+        without a TOC): what the chunk cache may hold for it."""
         toc = self.toc(record)
-        return set() if toc is None else {c.digest for _, c in toc.chunks()}
+        if toc is None:
+            return set()
+        files = {e.digest for e in toc.entries if e.digest is not None}
+        return files | {c.digest for _, c in toc.chunks()}
 
     def read_order(self, digest: str) -> list[str]:
         """Paths in the order a container read them the last times (first reads first)."""

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 
 from layerfs import privilege
 from layerfs.errors import BadReferenceError, DigestMismatchError, NotFoundError, StoreError
+from layerfs.options import Lower
 from layerfs.progress import Progress, Task, task
 from layerfs.store import archive, bundle, gc
 from layerfs.store.blobs import fsync_dir
@@ -88,9 +89,10 @@ def default_root() -> Path:
 
 
 class MountSpec(NamedTuple):
-    """What to stack for an image (read-only: no upper) or a container (read-write)."""
+    """What to stack for an image (read-only: no upper) or a container (read-write): lowers
+    top-most first, host directories or partial layers (see :meth:`Store.image_sources`)."""
 
-    lowers: list[Path]
+    lowers: list[Lower]
     upper: Path | None
     work: Path | None
 
@@ -363,12 +365,38 @@ class Store:
         Each layer is unpacked once per store (``layers/<diff_id hex>``) and shared.
         """
         dirs = [
-            self._ensure_layer(desc, diff_id, progress)
+            self.layer_dir(desc, diff_id, progress)
             for desc, diff_id in zip(image.layers, image.diff_ids, strict=True)
         ]
         return dirs[::-1]
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: Digest, progress: Progress | None) -> Path:
+    def image_sources(self, image: Image, progress: Progress | None = None) -> list[Lower]:
+        """The image's lower layers for a stack, **top-most first**, without downloading it.
+
+        A partial layer with a TOC is named by the attached :attr:`remote`'s layer source
+        (read through its TOC, content fetched as it is read); every other layer is its
+        unpacked directory, unpacked now where missing (a partial layer without a TOC is
+        fetched whole first: :meth:`ensure_blob`). Without a remote, partial layers are
+        completed as :meth:`layer_dirs` does, which then fails.
+        """
+        sources: list[Lower] = []
+        for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
+            target = self.layout.layer_dir(diff_id)
+            remote = self.remote
+            record = None
+            if remote is not None and not target.is_dir() and not self.blobs.exists(desc.digest):
+                record = self.lazy.record(desc.digest)
+            if remote is not None and record is not None and record.toc_format is not None:
+                sources.append(remote.layer_source(self.lazy, record, target))
+            else:
+                sources.append(self.layer_dir(desc, diff_id, progress))
+        return sources[::-1]
+
+    def layer_dir(
+        self, desc: Descriptor, diff_id: Digest, progress: Progress | None = None
+    ) -> Path:
+        """The unpacked directory of one layer (blob *desc*, tar *diff_id*), unpacking it
+        (and completing a partial layer, see :meth:`ensure_blob`) where missing."""
         target = self.layout.layer_dir(diff_id)
         if target.is_dir():
             return target
@@ -614,7 +642,7 @@ class Store:
             if name is not None:
                 self._containers.check_name(name)
             image = self.resolve(image_ref)
-            lowers = self.layer_dirs(image, progress)
+            lowers = self.image_sources(image, progress)
             with image_view(lowers) as view:
                 mounts = plan_mounts(view, requests, image_volumes(image.config))
                 created = self.volumes.attach(mounts, view, progress)
@@ -664,12 +692,21 @@ class Store:
         return bundle.runtime_config(image.config, command=command, hostname=box.name, binds=binds)
 
     def mount_spec(self, name: str) -> MountSpec:
-        """Lowers/upper/work for a container (by name or id) or, failing that, an image ref."""
+        """Lowers/upper/work for a container (by name or id) or, failing that, an image ref;
+        the lowers are :meth:`image_sources` (partial layers stay partial with a remote)."""
+        return MountSpec(self.image_sources(self.mount_image(name)), *self._upper_of(name))
+
+    def mount_image(self, name: str) -> Image:
+        """The image a container (by name or id) is made from or, failing that, *name*'s."""
+        with contextlib.suppress(NotFoundError):
+            return self._image(self.container(name).image)
+        return self.resolve(name)
+
+    def _upper_of(self, name: str) -> tuple[Path | None, Path | None]:
         with contextlib.suppress(NotFoundError):
             box = self.container(name)
-            lowers = self.layer_dirs(self._image(box.image))
-            return MountSpec(lowers, box.upper, box.work)
-        return MountSpec(self.layer_dirs(self.resolve(name)), None, None)
+            return box.upper, box.work
+        return None, None
 
 
 def _display_name(image: Image, ref: str | Reference) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = ("docker-registry", "containerd", "ctr-remote", "skopeo", "umoci", "strace")
+TOOLS = ("docker-registry", "containerd", "ctr-remote", "skopeo", "umoci")
 
 pytestmark = [
     pytest.mark.root,

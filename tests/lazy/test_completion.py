@@ -47,9 +47,14 @@ def test_completion_fetches_recorded_reads_first_then_everything(
     requests: list[tuple[str, tuple[int, int]]] = []
     original = RangeClient.read_ranges
 
-    def recording(self: RangeClient, digest: str, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+    def recording(
+        self: RangeClient,
+        digest: str,
+        spans: Sequence[tuple[int, int]],
+        deadline: float | None = None,
+    ) -> list[bytes]:
         requests.extend((digest, span) for span in spans)
-        return original(self, digest, spans)
+        return original(self, digest, spans, deadline)
 
     monkeypatch.setattr(RangeClient, "read_ranges", recording)
     restarted = Store.open(root)

@@ -232,8 +232,8 @@ def test_chunk_that_does_not_match_is_never_served(
     with RegistryRemote() as remote:
         honest = remote.filler(store.lazy, record)
 
-        def corrupt(spans: list[tuple[int, int]]) -> list[bytes]:
-            data = honest._fetch(spans)
+        def corrupt(spans: list[tuple[int, int]], deadline: float | None) -> list[bytes]:
+            data = honest._fetch(spans, deadline)
             return [bytes([d[0] ^ 0xFF]) + d[1:] for d in data]
 
         toc = store.lazy.toc(record)

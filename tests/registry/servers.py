@@ -5,7 +5,8 @@
   killed and started again on the same port with the same storage.
 * :class:`FaultProxy`: a TCP forwarder in front of a server that, once armed, drops every
   connection after a number of bytes (optionally calling back, e.g. to kill the registry),
-  flips one byte of what the server sends, or stops forwarding what the server sends while
+  flips one byte of what the server sends (or the last byte of every piece it sends, until
+  disarmed), or stops forwarding what the server sends while
   keeping the connection open (a registry that stalls mid-response). Faults count bytes
   from arming on, so they hit range responses as well as whole blobs. Its threads stop with
   it, or by themselves after a deadline.
@@ -159,6 +160,7 @@ class FaultProxy:
         self._drop_down: int | None = None
         self._corrupt_down: int | None = None
         self._stall_down: int | None = None
+        self._corrupt_all = False
         self._on_drop: Callable[[], None] | None = None
         self.dropped = threading.Event()
         self.corrupted = threading.Event()
@@ -179,10 +181,13 @@ class FaultProxy:
         drop_after_down: int | None = None,
         corrupt_down_at: int | None = None,
         stall_after_down: int | None = None,
+        corrupt_down_all: bool = False,
         on_drop: Callable[[], None] | None = None,
     ) -> None:
-        """Reset the counters and set a one-shot fault (a stall lasts until the next arm)."""
+        """Reset the counters and set a one-shot fault (a stall, and corrupting everything,
+        last until the next arm)."""
         with self._lock:
+            self._corrupt_all = corrupt_down_all
             self.up = self.down = 0
             self._drop_up, self._drop_down = drop_after_up, drop_after_down
             self._corrupt_down, self._on_drop = corrupt_down_at, on_drop
@@ -266,6 +271,9 @@ class FaultProxy:
                 self.up = after
             else:
                 self.down = after
+            if not upward and self._corrupt_all and data:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                self.corrupted.set()
             if corrupt is not None and before <= corrupt < after:
                 pos = corrupt - before
                 data = data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1 :]
