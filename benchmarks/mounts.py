@@ -141,7 +141,7 @@ class Layerfs(System):
             return reason
         proc = subprocess.run(
             [*layerfs_command(), "mount", "--help"],
-            env=_env(),
+            env=layerfs_env(),
             capture_output=True,
             text=True,
             timeout=CMD_TIMEOUT,
@@ -160,7 +160,7 @@ class Layerfs(System):
         if spec.upper is not None and spec.work is not None:
             argv += ["--upper", str(spec.upper), "--work", str(spec.work)]
         umount = [*layerfs_command(), "umount"]
-        with _fuse_mounted([*argv, str(target)], None, target, umount, _env()) as mounted:
+        with _fuse_mounted([*argv, str(target)], None, target, umount, layerfs_env()) as mounted:
             yield mounted
 
 
@@ -178,12 +178,12 @@ def layerfs_command() -> list[str]:
 
     ``-m layerfs.cli.main`` would only import the module (it has no ``__main__`` block), and
     the installed script may resolve another copy of the package, so the entry point is
-    called through ``-c`` with the checkout first on ``PYTHONPATH`` (see :func:`_env`).
+    called through ``-c`` with the checkout first on ``PYTHONPATH`` (see :func:`layerfs_env`).
     """
     return [sys.executable, "-c", "from layerfs.cli.main import main; main()"]
 
 
-def _env() -> dict[str, str]:
+def layerfs_env() -> dict[str, str]:
     """The environment of layerfs commands: this checkout first on ``PYTHONPATH``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)

@@ -16,7 +16,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -238,7 +237,11 @@ def runtime_dir() -> Path:
     user's uid as the parent namespace sees it, the same inside and outside podman."""
     if privilege.is_host_root():
         return Path("/run/layerfs")
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base:
+        import tempfile  # only here: it imports shutil, bz2 and lzma (ms of every mount start)
+
+        base = tempfile.gettempdir()
     return Path(base) / f"layerfs-{privilege.outer_uid()}"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from pathlib import Path
 
 from layerfs import hostfs
@@ -102,7 +101,7 @@ def whiteout_style_for(directory: Path) -> WhiteoutStyle:
         dirfd = os.open(directory, hostfs.O_READ_DIR)
     except OSError:
         return WhiteoutStyle.CHARDEV
-    tag = f".layerfs-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    tag = f".layerfs-probe-{os.getpid()}-{os.urandom(4).hex()}"
     names = [tag + "-a", tag + "-b", tag + "-c"]
     try:
         hostfs.make_whiteout(dirfd, names[0])

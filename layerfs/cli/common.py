@@ -7,7 +7,6 @@ that does not use the store, such as ``layerfs mount DIRS``, does not load it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -91,6 +90,8 @@ def open_store(root: str | None, fetch_timeout: float = FETCH_TIMEOUT) -> Store:
 
 def echo_json(value: Any) -> None:
     """Print *value* as indented JSON, keys in their order."""
+    import json  # only for listings: `layerfs mount` does not need it
+
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 

@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layerfs.cli.shutdown import exit_without_teardown
 from layerfs.errors import LayerfsError, describe_error
 
 PROG = "layerfs"
@@ -117,10 +118,12 @@ def mount(call: DropinCall) -> None:
 
 
 def run(argv: list[str]) -> int:
-    """Mount as *argv* asks; 0 once mounted (or unmounted again with ``-f``), else 1 or 2 with
-    one line on stderr (a traceback only with ``--debug``)."""
+    """Mount as *argv* asks; 0 once unmounted again with ``-f``, else 1 or 2 with one line on
+    stderr (a traceback only with ``--debug``). Once a daemon serves the mount, the process
+    ends with status 0 at once (:mod:`layerfs.cli.shutdown`)."""
     try:
-        mount(parse_args(argv))
+        call = parse_args(argv)
+        mount(call)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
@@ -129,4 +132,6 @@ def run(argv: list[str]) -> int:
             raise
         print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
         return 1
+    if not call.foreground:
+        exit_without_teardown(0)
     return 0

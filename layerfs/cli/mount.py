@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from layerfs.cli.common import Layers, fetch_timeout_option, root_option, store_layers
+from layerfs.cli.shutdown import exit_without_teardown
 from layerfs.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ def mount(
         services=services,
     )
     daemon.mount(request)
+    if not foreground:
+        exit_without_teardown()
 
 
 @click.command("umount")

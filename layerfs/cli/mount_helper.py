@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from layerfs.cli.dropin import DropinCall, UsageError, mount, option_items
+from layerfs.cli.shutdown import exit_without_teardown
 from layerfs.errors import LayerfsError, describe_error
 
 PROG = "mount.fuse.layerfs"
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         source, mountpoint, items, fake = parse_args(sys.argv[1:] if argv is None else argv)
         if not fake:
             mount(DropinCall(source, mountpoint, items))
+            exit_without_teardown(0)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
