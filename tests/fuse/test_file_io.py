@@ -4,6 +4,7 @@ clearing by an unprivileged writer, and how much page cache two mounts of one im
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import stat
@@ -195,3 +196,21 @@ def test_two_mounts_of_one_image_share_its_page_cache(
         assert added < 1.5 * size, f"{added / MIB:.0f} MiB of page cache for a 64 MiB file"
     else:
         assert added > 2.5 * size, f"{added / MIB:.0f} MiB of page cache for a 64 MiB file"
+
+
+def tmpfile_errno(directory: Path) -> int:
+    """0 if ``O_TMPFILE`` opens in *directory*, else the errno it fails with."""
+    try:
+        os.close(os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def test_o_tmpfile_is_refused_where_the_kernel_opens_one(mounter: Mounter, tmp_path: Path) -> None:
+    """Deliberate difference 13 of docs/semantics.md: the kernel opens an unnamed file in a
+    merged directory; the mount refuses with EOPNOTSUPP, the answer programs fall back on."""
+    files: dict[str, str | bytes | None] = {"d/f": "x"}
+    with kernel_overlay(tmp_path / "k", files) as kmnt:
+        assert tmpfile_errno(kmnt / "d") == 0
+    assert tmpfile_errno(mounter.mount(mounter.layers(files)) / "d") == errno.EOPNOTSUPP
