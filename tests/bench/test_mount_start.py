@@ -35,7 +35,7 @@ def test_every_system_is_timed_and_unmounted(tmp_path: Path) -> None:
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
-        for system in ("kernel", "fuse-overlayfs", "layerfs", "layerfs-pyfuse3"):
+        for system in ("kernel", "fuse-overlayfs", "layerfs", "layerfs-dropin", "layerfs-pyfuse3"):
             assert re.search(r"\d ?ms", rows.get(system, "")), proc.stdout  # measured, not skipped
         assert re.search(r"^(PASS|MISS)  layerfs mount", proc.stdout, re.M), proc.stdout
         assert not mounts_under(tmp_path)

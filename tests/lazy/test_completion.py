@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layerfs.cli.main import cli
+from layerfs.cli.group import cli
 from layerfs.lazy.completion import Completion
 from layerfs.lazy.remote import RegistryRemote
 from layerfs.registry.ranges import RangeClient

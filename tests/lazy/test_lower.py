@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from layerfs import Stack
-from layerfs.cli.main import cli
+from layerfs.cli.group import cli
 from layerfs.layer import HostLayer, Layer
 from layerfs.lazy.completion import Completion
 from layerfs.lazy.lower import TocLayer

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from layerfs.cli.main import cli
+from layerfs.cli.group import cli
 from layerfs.errors import DigestMismatchError, LayerFormatError
 from layerfs.lazy.layer import LazyLayer, RangeFiller
 from layerfs.lazy.pull import attach

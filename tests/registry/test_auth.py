@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layerfs.cli.main import cli
+from layerfs.cli.group import cli
 from layerfs.errors import RegistryError
 from layerfs.registry import Credentials, login, pull, push
 from layerfs.registry.config import find_credentials

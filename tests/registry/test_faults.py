@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from layerfs.cli.main import cli
+from layerfs.cli.group import cli
 from layerfs.errors import DigestMismatchError
 from layerfs.registry import pull, push
 from layerfs.store import Store

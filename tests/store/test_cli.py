@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layerfs.cli.main import cli
+from layerfs.cli.group import cli
 
 from .builders import BASE, TOP, Image, write_oci_layout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 from layerfs.cli.main import COMMAND_MODULES
 
@@ -39,3 +40,20 @@ def test_help_lists_every_command() -> None:
     )  # fmt: skip
     listed = {line.split()[0] for line in out.stdout.split("Commands:")[1].splitlines() if line}
     assert listed == set(COMMAND_MODULES)
+
+
+def test_a_dropin_mount_call_does_not_load_click(tmp_path: Path) -> None:
+    """podman and mount(8) start every mount as a drop-in call; click is not on that path
+    (it is a fifth of a mount's start). The call fails here (no such lower), after the
+    whole drop-in path ran."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('click' in sys.modules))\n"
+        f"sys.argv = ['layerfs', '-o', 'lowerdir={tmp_path / 'none'}', '{tmp_path}']\n"
+        "from layerfs.cli.main import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    assert "layerfs:" in out.stderr
+    assert out.stdout.strip() == "False"
