@@ -17,7 +17,7 @@ DEB_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr 
 # Where `make install` puts the `layerfs` command.
 PREFIX ?= /usr/local
 
-.PHONY: demo test lint typecheck bench bench-lazy bench-start bytecode deps venv clean install uninstall install-helper
+.PHONY: demo test lint typecheck bench bench-lazy bench-start bench-cache bytecode deps venv clean install uninstall install-helper
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -76,6 +76,10 @@ bench-lazy: bytecode deps
 # How long `layerfs mount` takes to give a usable mount, beside the kernel and fuse-overlayfs.
 bench-start: bytecode deps
 	$(PY) -m benchmarks.mount_start $(BENCH_ARGS)
+
+# Page cache taken by one image file read through two mounts, beside the kernel and fuse-overlayfs.
+bench-cache: bytecode deps
+	$(PY) -m benchmarks.page_cache $(BENCH_ARGS)
 
 # Every `layerfs` command is a new interpreter. Where Python may not write its bytecode cache
 # (PYTHONDONTWRITEBYTECODE, a read-only checkout) each one would compile the package from
