@@ -373,10 +373,6 @@ class Requests:
         self.inodes.pin(ino)
         return self.dirs.add(OpenDir(ino, names))
 
-    def opendir_is_lower_only(self, fh: int) -> bool:
-        """Whether the listing of directory handle *fh* can never change (lower-only)."""
-        return self.inodes.node(self.dirs.get(fh).ino).lower_only
-
     def readdir(
         self, fh: int, start: int, emit: Callable[[bytes, Entry, int], bool], plus: bool
     ) -> None:
