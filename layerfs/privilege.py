@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from layerfs import hostfs
@@ -89,6 +90,26 @@ def outer_uid(uid: int | None = None, uid_map: list[tuple[int, int, int]] | None
         if inside <= uid < inside + count:
             return outside + (uid - inside)
     return uid
+
+
+@contextlib.contextmanager
+def owner_must_be_mapped(path: str, uid: int, gid: int) -> Iterator[None]:
+    """Say why a chown to *uid*:*gid* of *path* failed where the kernel only says ``EINVAL``.
+
+    uid 0 of a user namespace may give files only the ids its namespace maps; a layer or a
+    volume with other owners (an image built for ids that ``/etc/subuid`` does not grant)
+    then fails, as it does for podman, with the ids and the path named.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise OSError(
+            errno.EINVAL,
+            f"cannot give {path} the owner {uid}:{gid}: this user namespace does not map "
+            "these ids (see /etc/subuid and /etc/subgid)",
+        ) from exc
 
 
 def whiteout_style_for(directory: Path) -> WhiteoutStyle:

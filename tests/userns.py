@@ -17,19 +17,30 @@ TIMEOUT = 120  # seconds
 USERNS = ("unshare", "--user", "--map-root-user")
 
 
-def run_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
-    """Run *argv* as uid 0 of a new user namespace; its stdout. Skips the test (with the
-    reason) where user namespaces cannot be made; fails it when *argv* fails."""
+def _run(argv: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux)")
     probe = subprocess.run([*USERNS, "true"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"cannot create a user namespace: {probe.stderr.strip()}")
-    done = subprocess.run(
+    return subprocess.run(
         [*USERNS, *argv], capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
     )
+
+
+def run_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Run *argv* as uid 0 of a new user namespace; its stdout. Skips the test (with the
+    reason) where user namespaces cannot be made; fails it when *argv* fails."""
+    done = _run(argv, env)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def failure_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Run *argv*, which must fail, as uid 0 of a new user namespace; its stderr."""
+    done = _run(argv, env)
+    assert done.returncode != 0, done.stdout
+    return done.stderr
 
 
 def python_as_namespace_root(code: str, env: dict[str, str] | None = None) -> str:

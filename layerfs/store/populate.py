@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerfs import hostfs
+from layerfs import hostfs, privilege
 from layerfs.errors import oserror
 from layerfs.node import Node
 from layerfs.progress import Task
@@ -128,7 +128,8 @@ def _set_metadata(copy: _Copy, node: Node, st: Stat, dir_fd: int, name: str) -> 
     the user cannot hold (``trusted.*`` for a user) is logged and left out.
     """
     if copy.same_owner:
-        hostfs.chown_at(dir_fd, name, st.uid, st.gid)
+        with privilege.owner_must_be_mapped(node.path(), st.uid, st.gid):
+            hostfs.chown_at(dir_fd, name, st.uid, st.gid)
     if not stat.S_ISLNK(st.mode):
         hostfs.chmod_at(dir_fd, name, st.mode)
     for attr in copy.view.listxattr_node(node):

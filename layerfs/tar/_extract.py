@@ -280,7 +280,8 @@ class Extractor:
             else:
                 _copy(fd, entry, member.size, read)
             if self._same_owner:
-                os.fchown(fd, meta.uid, meta.gid)
+                with privilege.owner_must_be_mapped(entry.path, meta.uid, meta.gid):
+                    os.fchown(fd, meta.uid, meta.gid)
             os.fchmod(fd, meta.mode)
             _set_xattrs(fd, meta.xattrs, entry)
             os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
@@ -320,7 +321,8 @@ class Extractor:
         self, parent_fd: int, name: str, entry: Entry, meta: _Meta, *, is_link: bool = False
     ) -> None:
         if self._same_owner:
-            hostfs.chown_at(parent_fd, name, meta.uid, meta.gid)
+            with privilege.owner_must_be_mapped(entry.path, meta.uid, meta.gid):
+                hostfs.chown_at(parent_fd, name, meta.uid, meta.gid)
         if not is_link:
             hostfs.chmod_at(parent_fd, name, meta.mode)
         if meta.xattrs:

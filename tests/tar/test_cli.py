@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from layerfs.cli.layer import layer
-from tests.userns import run_as_namespace_root
+from tests.userns import failure_as_namespace_root, run_as_namespace_root
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,6 +71,32 @@ def test_as_layer_of_uid_0_in_a_user_namespace_writes_unprivileged_forms(tmp_pat
     assert out.startswith("entries ")
     assert (lower / ".wh.gone").is_file()
     assert os.getxattr(lower / "d", "user.overlay.opaque") == b"y"
+
+
+def test_an_owner_the_user_namespace_does_not_map_is_one_line_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """uid 0 of ``unshare -r`` maps only itself: a layer with files of uid 1000 cannot be
+    unpacked with their owners (podman says the same); the error names the ids and the path."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("home/user/notes")
+        info.uid = info.gid = 1000
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"text"))
+    blob = tmp_path / "layer.tar"
+    blob.write_bytes(buf.getvalue())
+    os.chmod(tmp_path, 0o777)
+    lower = tmp_path / "lower"
+    code = "from layerfs.cli.main import main; main()"
+    err = failure_as_namespace_root(
+        [sys.executable, "-c", code, "layer", "apply", "--as-layer", str(blob), str(lower)]
+    )
+    assert err.strip().splitlines() == [
+        "layerfs: cannot give home/user/notes the owner 1000:1000: this user namespace does not"
+        " map these ids (see /etc/subuid and /etc/subgid)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.tar"]
 
 
 def test_help_texts() -> None:
