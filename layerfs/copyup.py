@@ -34,11 +34,14 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from layerfs import namei
+from layerfs import hostfs, namei
 from layerfs.errors import oserror
 from layerfs.hostfs import RENAME_EXCHANGE, RENAME_NOREPLACE
 from layerfs.node import DIR, ONLY_UPPER, REG, UPPER, Alias, Node
 from layerfs.whiteout import IMPURE_VALUE, METACOPY_XATTRS, Origin, encode_origin, is_private_xattr
+
+# Dropped by the kernel on every write to a file; a copy-up must not lose it.
+CAPABILITY_XATTR = "security.capability"
 
 if TYPE_CHECKING:
     from layerfs.fs import Overlay
@@ -241,15 +244,7 @@ def copy_metadata(
 ) -> None:
     """The one metadata copier: xattrs (not the stack's own), owner, mode and times of lower
     object *name* onto *dst*, then the origin record."""
-    xattrs: dict[str, bytes] = {}
-    for attr in layer.listxattr(parent, name):
-        if is_private_xattr(attr):
-            continue
-        value = layer.getxattr(parent, name, attr)
-        if value is not None:
-            xattrs[attr] = value
-    fs.upper.set_xattrs(dst_fd, dst, xattrs)
-    fs.upper.set_metadata(dst_fd, dst, st)
+    fs.upper.set_metadata(dst_fd, dst, st, _public_xattrs(layer, parent, name))
     set_origin(fs, layer, parent, name, dst_fd, dst)
 
 
@@ -325,14 +320,21 @@ def _copy_metacopy_data(
     fs: Overlay, node: Node, upper_fd: int, name: str, size: int, st: os.stat_result
 ) -> None:
     """Copy in place, without the lock; a failure (ENOSPC) punches the copy back out, so the
-    upper is not left full (the metacopy xattr still stands: the lower data is what shows)."""
+    upper is not left full (the metacopy xattr still stands: the lower data is what shows).
+
+    Writing the data makes the kernel drop the file's ``security.capability``; it is put back,
+    as kernel overlayfs does when it completes a metacopy file.
+    """
     layer, parent, data_name = fs.data_location(node)
     dst = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper_fd)
     try:
+        capability = hostfs.fd_getxattr(dst, CAPABILITY_XATTR)
         source: LayerFile = layer.open_file(parent, data_name)
         try:
             with fs.unlocked():
                 fs.upper.copy_data(source, dst, size)
+            if capability is not None:
+                fs.upper.fd_setxattr(dst, CAPABILITY_XATTR, capability)
             _fault("metacopy-data-copied")
         except BaseException:
             with contextlib.suppress(OSError):  # the original error is the one to report
@@ -490,8 +492,7 @@ class _TreeCopy:
             layer, parent, name = fs.location(node)
             st = _lower_stat(layer, parent, name)
             if node.in_upper:  # a merged directory: its upper object's origin is the one
-                fs.upper.set_xattrs(dst_fd, dst, _public_xattrs(layer, parent, name))
-                fs.upper.set_metadata(dst_fd, dst, st)
+                fs.upper.set_metadata(dst_fd, dst, st, _public_xattrs(layer, parent, name))
                 value = namei.origin_value(fs, parent, name)
                 if value is not None:
                     fs.upper.setxattr(dst_fd, dst, fs.options.upper_format.origin_xattr, value)

@@ -192,10 +192,15 @@ class Upper:
     def utimes(self, dirfd: int, name: str, atime_ns: int, mtime_ns: int) -> None:
         hostfs.utime_at(dirfd, name, atime_ns, mtime_ns)
 
-    def set_metadata(self, dirfd: int, name: str, st: os.stat_result) -> None:
-        """Owner, mode and times of *st*, in the order that keeps each from undoing another
-        (a chown drops set-id bits, any change moves the times)."""
+    def set_metadata(
+        self, dirfd: int, name: str, st: os.stat_result, xattrs: dict[str, bytes]
+    ) -> None:
+        """Owner, xattrs, mode and times of a copied object, in the order that keeps each
+        from undoing another: a chown drops set-id bits and ``security.capability``, so it
+        comes first; any change moves the times, so they come last."""
         self.chown(dirfd, name, st.st_uid, st.st_gid)
+        for attr, value in xattrs.items():
+            self.setxattr(dirfd, name, attr, value)
         if not stat.S_ISLNK(st.st_mode):
             self.chmod(dirfd, name, st.st_mode)
         self.utimes(dirfd, name, st.st_atime_ns, st.st_mtime_ns)
@@ -245,7 +250,3 @@ class Upper:
         os.ftruncate(fd, 0)
         os.ftruncate(fd, st.st_size)
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-    def set_xattrs(self, dirfd: int, name: str, pairs: dict[str, bytes]) -> None:
-        for attr, value in pairs.items():
-            self.setxattr(dirfd, name, attr, value)

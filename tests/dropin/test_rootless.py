@@ -17,7 +17,7 @@ import pytest
 from layerfs import whiteout
 from tests.dropin.mounts import mounted, read_pid, wait_gone
 from tests.dropin.users import User
-from tests.fuse.conftest import write_tree
+from tests.fuse.conftest import CAP_NET_RAW_EP, write_tree
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -113,3 +113,31 @@ def test_uid_0_of_a_user_namespace_is_not_root(unprivileged: User) -> None:
     assert upper_report["owned"]["owner"] == [1000, 1000]
     # seen from outside, the namespace's 1000 is one of the user's subordinate ids
     assert (upper / "owned").stat().st_uid not in (0, 1000, unprivileged.uid)
+
+
+def _chmod_of_a_capable_file(user: User, program: str, name: str) -> tuple[int, Path]:
+    """chmod through a rootless mount by *program* of a lower file that carries file
+    capabilities; its exit status and the upper."""
+    lower, upper, work, mnt = _stack(user, name)
+    shutil.copy("/bin/true", lower / "ping")
+    os.chown(lower / "ping", user.uid, user.gid)
+    os.setxattr(lower / "ping", "security.capability", CAP_NET_RAW_EP)  # after the chown
+    user.run([program, "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", mnt])
+    try:
+        done = user.run(["chmod", "4755", mnt / "ping"], check=False)
+        code = "import os, sys; print(os.getxattr(sys.argv[1], 'security.capability').hex())"
+        shown = user.run([user.python, "-c", code, mnt / "ping"]).stdout.strip()
+        assert shown == CAP_NET_RAW_EP.hex()  # still the lower's
+    finally:
+        user.run(["fusermount3", "-u", mnt], check=False)
+    return done.returncode, upper
+
+
+def test_a_file_with_capabilities_is_not_copied_up_without_privilege(unprivileged: User) -> None:
+    """Writing ``security.capability`` takes CAP_SETFCAP, which a rootless daemon lacks: the
+    copy-up fails with EPERM and leaves nothing, as with fuse-overlayfs (deviation 14)."""
+    status, upper = _chmod_of_a_capable_file(unprivileged, unprivileged.layerfs, "caps")
+    assert status != 0 and list(upper.iterdir()) == []
+    if shutil.which("fuse-overlayfs") is not None:
+        peer, _ = _chmod_of_a_capable_file(unprivileged, "fuse-overlayfs", "caps-peer")
+        assert peer == status

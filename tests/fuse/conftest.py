@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,11 @@ CLI = [sys.executable, "-c", "from layerfs.cli.main import main; main()"]
 CLI_TIMEOUT = 60  # seconds for one CLI call (mount waits for the daemon to be ready)
 BACKENDS = ("native", "pyfuse3")
 _current: dict[str, str] = {}  # the session backend of the running test, when it has one
+
+
+CAPABILITY = "security.capability"
+# cap_net_raw=ep, as setcap(8) writes it (VFS_CAP_REVISION_2 with the effective bit)
+CAP_NET_RAW_EP = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
 
 
 @pytest.fixture(params=BACKENDS, autouse=True)

@@ -10,12 +10,12 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mounter, Stackdirs, write_tree
+from tests.fuse.conftest import CAP_NET_RAW_EP, CAPABILITY, Mounter, Stackdirs, write_tree
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -23,12 +23,20 @@ MIB = 1 << 20
 
 
 @contextlib.contextmanager
-def kernel_overlay(base: Path, files: dict[str, str | bytes | None]) -> Iterator[Path]:
-    """Kernel overlayfs over one lower made of *files*, with its defaults (and allow_other
-    needs nothing there: the kernel checks permissions as for any filesystem)."""
+def kernel_overlay(
+    base: Path,
+    files: dict[str, str | bytes | None],
+    extra: str = "",
+    prepare: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
+    """Kernel overlayfs over one lower made of *files* (then given to *prepare*), with its
+    defaults plus *extra* options (allow_other needs nothing there: the kernel checks
+    permissions as for any filesystem). The upper is ``base/ku``."""
     lower, upper, work, mnt = (write_tree(base / n, {}) for n in ("kl", "ku", "kw", "km"))
     write_tree(lower, files)
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    if prepare is not None:
+        prepare(lower)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}" + (f",{extra}" if extra else "")
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)], check=True)
     try:
         yield mnt
@@ -151,6 +159,59 @@ def test_unprivileged_write_clears_setuid_and_setgid(mounter: Mounter, tmp_path:
     mnt = mounter.mount(dirs, "-o", "allow_other")
     os.chmod(mnt / "prog", 0o6777)
     assert setuid_after_unprivileged_write(mnt, dirs.upper) == (kernel, kernel)
+
+
+CAPABLE = ("chmod", "open", "chown", "write")
+
+
+def give_capabilities(lower: Path) -> None:
+    for name in CAPABLE:
+        os.setxattr(lower / name, CAPABILITY, CAP_NET_RAW_EP)
+
+
+def capability_of(path: Path) -> bytes | None:
+    try:
+        return os.getxattr(path, CAPABILITY, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
+        return None
+
+
+def capabilities_after_changes(mnt: Path, upper: Path) -> dict[str, tuple[object, ...]]:
+    """A copy-up keeps a file's capabilities (chmod, and an open for writing that completes
+    a metacopy file), a chown and a write drop them: per file, what the mount and the upper
+    show afterwards."""
+    os.chmod(mnt / "chmod", 0o4755)
+    os.close(os.open(mnt / "open", os.O_RDWR))
+    os.chown(mnt / "chown", 0, 0)
+    with open(mnt / "write", "r+b") as f:
+        f.write(b"#")
+    return {
+        name: (
+            capability_of(mnt / name),
+            capability_of(upper / name),
+            oct(os.lstat(mnt / name).st_mode),
+        )
+        for name in CAPABLE
+    }
+
+
+@pytest.mark.parametrize("metacopy", ["off", "on"])
+def test_copy_up_keeps_file_capabilities(mounter: Mounter, tmp_path: Path, metacopy: str) -> None:
+    """``ping``-style files carry ``security.capability``; the kernel drops it on every write
+    and chown, so a copy-up that writes data or owners must put it back, as overlayfs does."""
+    files: dict[str, str | bytes | None] = {name: "#!/bin/sh\n" for name in CAPABLE}
+    option = f"metacopy={metacopy}"
+    with kernel_overlay(tmp_path / "k", files, option, give_capabilities) as kmnt:
+        kernel = capabilities_after_changes(kmnt, tmp_path / "k" / "ku")
+    assert kernel["chmod"][:2] == (CAP_NET_RAW_EP, CAP_NET_RAW_EP)
+    assert kernel["write"][:2] == (None, None)
+    dirs: Stackdirs = mounter.layers(files)
+    give_capabilities(dirs.lowers[0])
+    mnt = mounter.mount(dirs, "-o", option)
+    assert dirs.upper is not None
+    assert capabilities_after_changes(mnt, dirs.upper) == kernel
 
 
 def cached_kib() -> int:
