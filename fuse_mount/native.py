@@ -68,8 +68,8 @@ class Request(NamedTuple):
     total_extlen: int
     padding: int
 
-    def caller(self) -> Caller:
-        return Caller(self.uid, self.gid, self.pid)
+    def caller(self, umask: int | None = None) -> Caller:
+        return Caller(self.uid, self.gid, self.pid, umask)
 
 
 @dataclass(slots=True)
@@ -198,6 +198,7 @@ class Handlers:
         self.requests = requests
         self.passthrough: Passthrough | None = None
         self.setxattr_ext = False
+        self.dont_mask = False  # modes arrive before the umask, which comes beside them
 
     # -- names -----------------------------------------------------------------------------
     def lookup(self, req: Request, body: bytes) -> Payload:
@@ -246,14 +247,16 @@ class Handlers:
         return self.requests.readlink(req.nodeid)
 
     def mknod(self, req: Request, body: bytes) -> Payload:
-        mode, rdev, _, _ = wire.MKNOD_IN.unpack_from(body)
+        mode, rdev, umask, _ = wire.MKNOD_IN.unpack_from(body)
         name, _ = wire.cstring(body, wire.MKNOD_IN.size)
-        return _entry(self.requests.mknod(req.nodeid, name, mode, rdev, req.caller()))
+        caller = req.caller(umask if self.dont_mask else None)
+        return _entry(self.requests.mknod(req.nodeid, name, mode, rdev, caller))
 
     def mkdir(self, req: Request, body: bytes) -> Payload:
-        mode, _ = wire.MKDIR_IN.unpack_from(body)
+        mode, umask = wire.MKDIR_IN.unpack_from(body)
         name, _ = wire.cstring(body, wire.MKDIR_IN.size)
-        return _entry(self.requests.mkdir(req.nodeid, name, mode, req.caller()))
+        caller = req.caller(umask if self.dont_mask else None)
+        return _entry(self.requests.mkdir(req.nodeid, name, mode, caller))
 
     def symlink(self, req: Request, body: bytes) -> Payload:
         name, end = wire.cstring(body)
@@ -293,9 +296,10 @@ class Handlers:
         return self._open_out(self.requests.open(req.nodeid, flags))
 
     def create(self, req: Request, body: bytes) -> Payload:
-        flags, mode, _, _ = wire.CREATE_IN.unpack_from(body)
+        flags, mode, umask, _ = wire.CREATE_IN.unpack_from(body)
         name, _ = wire.cstring(body, wire.CREATE_IN.size)
-        opened, entry = self.requests.create(req.nodeid, name, flags, mode, req.caller())
+        caller = req.caller(umask if self.dont_mask else None)
+        opened, entry = self.requests.create(req.nodeid, name, flags, mode, caller)
         return [_entry(entry), self._open_out(opened)]
 
     def _open_out(self, opened: Opened) -> bytes:

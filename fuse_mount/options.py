@@ -82,7 +82,7 @@ IGNORED_FLAGS = frozenset(
 IGNORED_PREFIXES = ("x-", "X-", "comment=")
 # fuse-overlayfs options that change nothing here: an SELinux label (a FUSE mount takes none),
 # its inode-number, threading and writeback switches, and the only redirect_dir it allows.
-IGNORED_COMPAT_FLAGS = frozenset({"noacl", "redirect_dir=off", "fsync=1"})
+IGNORED_COMPAT_FLAGS = frozenset({"redirect_dir=off", "fsync=1"})
 IGNORED_COMPAT_PREFIXES = ("context=", "xino=", "threaded=", "fast_ino=", "writeback=")
 # fuse-overlayfs options meaning a stack option: no fsync is the kernel's volatile.
 COMPAT_STACK_OPTIONS = {"fsync=0": "volatile"}
@@ -114,6 +114,7 @@ class MountOptions:
     backend: str = DEFAULT_BACKEND
     passthrough: bool = True  # native backend, as root: file I/O bypasses the daemon
     idmap: IdMap | None = None
+    acl: bool = True  # native backend: POSIX ACLs checked and inherited (off: ``noacl``)
 
     def as_readonly(self) -> MountOptions:
         """These options with ``ro`` given last (a stack without an upper mounts so)."""
@@ -178,7 +179,7 @@ def sort_mount_options(
             ids[key] = value
         elif _ignored(item):
             continue
-        elif item not in IDMAP_FLAGS:
+        elif item not in IDMAP_FLAGS and item != "noacl":
             stack.append(COMPAT_STACK_OPTIONS.get(item, item))
     if "ro" in fuse:
         fuse.discard("rw")
@@ -192,6 +193,7 @@ def sort_mount_options(
         backend=_choice(adapter, "backend", BACKENDS, DEFAULT_BACKEND),
         passthrough=_choice(adapter, "passthrough", ("on", "off"), "on") == "on",
         idmap=build_idmap(ids, squash_to_root="squash_to_root" in items),
+        acl="noacl" not in items,
     )
     return options, stack
 

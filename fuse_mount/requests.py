@@ -46,11 +46,14 @@ KERNEL_FLAGS = os.O_APPEND | os.O_NOCTTY | os.O_CLOEXEC
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request: the credentials new objects are created with."""
+    """Who sent a request: the credentials new objects are created with, and the caller's
+    umask where the kernel left it to the filesystem (``FUSE_DONT_MASK``; None where the
+    kernel applied it to the mode already)."""
 
     uid: int
     gid: int
     pid: int
+    umask: int | None = None
 
     def owner(self) -> dict[str, int]:
         """The stack's ownership keywords for an object this caller creates."""
@@ -260,12 +263,14 @@ class Requests:
 
     def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Entry:
         parent = self.inodes.node(parent_ino)
-        node = self.stack.mknod_at(parent, decode(name), mode, rdev, **self._owner(caller))
+        owner = self._owner(caller)
+        node = self.stack.mknod_at(parent, decode(name), mode, rdev, **owner, umask=caller.umask)
         return self._created(parent, node)
 
     def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Entry:
         parent = self.inodes.node(parent_ino)
-        node = self.stack.mkdir_at(parent, decode(name), mode, **self._owner(caller))
+        owner = self._owner(caller)
+        node = self.stack.mkdir_at(parent, decode(name), mode, **owner, umask=caller.umask)
         return self._created(parent, node)
 
     def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Entry:
@@ -322,7 +327,13 @@ class Requests:
         parent = self.inodes.node(parent_ino)
         owner = self._owner(caller)
         node, handle = self.stack.create(
-            parent, decode(name), flags & ~KERNEL_FLAGS, mode, owner["uid"], owner["gid"]
+            parent,
+            decode(name),
+            flags & ~KERNEL_FLAGS,
+            mode,
+            owner["uid"],
+            owner["gid"],
+            umask=caller.umask,
         )
         self._changed(parent)
         entry = self._entry(node, handle.stat())

@@ -177,12 +177,15 @@ class Session:
             | wire.NO_EXPORT_SUPPORT
             | wire.INIT_EXT
         )
+        if self.options.acl:  # the kernel checks ACLs; the umask or a default ACL is ours
+            want |= wire.POSIX_ACL | wire.DONT_MASK
         # backing files need CAP_SYS_ADMIN on the host, which uid 0 of a user namespace lacks
         mounted_as_root = self.mounted is not None and self.mounted.privileged
         if self.options.passthrough and mounted_as_root and privilege.is_privileged():
             want |= wire.PASSTHROUGH
         flags = want & offered
         self.handlers.setxattr_ext = bool(flags & wire.SETXATTR_EXT)
+        self.handlers.dont_mask = bool(flags & wire.DONT_MASK)
         depth = 0
         if flags & wire.PASSTHROUGH:
             self.handlers.passthrough = Passthrough(self.fd)

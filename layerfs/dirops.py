@@ -20,10 +20,10 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from layerfs import copyup, namei
+from layerfs import acl, copyup, namei
 from layerfs.errors import oserror
 from layerfs.hostfs import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT
-from layerfs.inode import getattr_
+from layerfs.inode import getattr_, getxattr
 from layerfs.node import DIR, LNK, ONLY_UPPER, REG, UPPER, Alias, Node
 from layerfs.readdir import MergedIndex
 from layerfs.whiteout import NAME_MAX, WHITEOUT_PREFIX, is_whiteout_stat
@@ -54,16 +54,29 @@ def alias_at(node: Node, parent: Node, name: str) -> Alias:
 
 # -- creating -------------------------------------------------------------------------------
 def create(
-    fs: Overlay, parent: Node, name: str, mode: int, uid: int | None, gid: int | None
+    fs: Overlay,
+    parent: Node,
+    name: str,
+    mode: int,
+    uid: int | None,
+    gid: int | None,
+    umask: int | None = None,
 ) -> Node:
-    """A new regular file *name* in *parent* (EEXIST if the name is taken)."""
-    return _place_new(fs, parent, name, REG, mode, uid, gid, fs.upper.make_file)
+    """A new regular file *name* in *parent* (EEXIST if the name is taken). *umask*, where
+    the caller's umask is still to apply (see :mod:`layerfs.acl`)."""
+    return _place_new(fs, parent, name, REG, mode, (uid, gid, umask), fs.upper.make_file)
 
 
 def mkdir(
-    fs: Overlay, parent: Node, name: str, mode: int, uid: int | None, gid: int | None
+    fs: Overlay,
+    parent: Node,
+    name: str,
+    mode: int,
+    uid: int | None,
+    gid: int | None,
+    umask: int | None = None,
 ) -> Node:
-    return _place_new(fs, parent, name, DIR, mode, uid, gid, fs.upper.mkdir)
+    return _place_new(fs, parent, name, DIR, mode, (uid, gid, umask), fs.upper.mkdir)
 
 
 def mknod(
@@ -74,6 +87,7 @@ def mknod(
     rdev: int,
     uid: int | None,
     gid: int | None,
+    umask: int | None = None,
 ) -> Node:
     kind = stat.S_IFMT(mode) or REG
     if kind in (DIR, LNK):
@@ -85,7 +99,7 @@ def mknod(
         else:
             fs.upper.mknod(dirfd, host_name, kind | 0o600, rdev)
 
-    return _place_new(fs, parent, name, kind, mode, uid, gid, make)
+    return _place_new(fs, parent, name, kind, mode, (uid, gid, umask), make)
 
 
 def symlink(
@@ -97,7 +111,7 @@ def symlink(
     def make(dirfd: int, host_name: str) -> None:
         fs.upper.symlink(dirfd, host_name, target)
 
-    return _place_new(fs, parent, name, LNK, 0o777, uid, gid, make)
+    return _place_new(fs, parent, name, LNK, 0o777, (uid, gid, None), make)
 
 
 def link(fs: Overlay, node: Node, new_parent: Node, new_name: str) -> Node:
@@ -146,20 +160,25 @@ def _place_new(
     name: str,
     kind: int,
     mode: int,
-    uid: int | None,
-    gid: int | None,
+    creator: tuple[int | None, int | None, int | None],
     make: Make,
 ) -> Node:
+    """*creator*: the owner's uid and gid (None: this process's) and the umask still to
+    apply (None: applied already)."""
     while not fs.settle(parent):
         pass
     check_new_name(fs, parent, name)
     fs.check_writable()
-    owner, mode = _new_owner(fs, parent, kind, mode, uid, gid)
+    uid, gid, umask = creator
+    new = acl.new_object(kind, mode, umask, _default_acl(fs, parent, umask))
+    owner, mode = _new_owner(fs, parent, kind, new.mode, uid, gid)
 
     def fixup(dirfd: int, host_name: str, opaque: bool) -> None:
         fs.upper.chown(dirfd, host_name, *owner)
         if kind != LNK:
             fs.upper.chmod(dirfd, host_name, mode)
+        for attr, value in new.xattrs.items():
+            fs.upper.setxattr(dirfd, host_name, attr, value)
         if opaque:
             fs.upper.setxattr(dirfd, host_name, fs.options.upper_format.opaque_xattr, b"y")
 
@@ -172,6 +191,18 @@ def _place_new(
         node.index = MergedIndex()
     parent.children[name] = node
     return node
+
+
+def _default_acl(fs: Overlay, parent: Node, umask: int | None) -> bytes | None:
+    """The default ACL of *parent*, where it decides (the umask is not applied yet)."""
+    if umask is None:
+        return None
+    try:
+        return getxattr(fs, parent, acl.DEFAULT)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+            raise
+        return None
 
 
 def _new_owner(

@@ -258,9 +258,14 @@ class Stack(CallerView):
         gid: int | None = None,
         *,
         before_write: BeforeWrite | None = None,
+        umask: int | None = None,
     ) -> tuple[Node, FileHandle]:
         """Create (or, without ``O_EXCL``, open) the regular file *name* in *parent*, owned
-        by *uid*/*gid* (the process's by default; a set-gid directory's group inside one)."""
+        by *uid*/*gid* (the process's by default; a set-gid directory's group inside one).
+
+        *umask*: the creator's umask where it has not been applied to *mode* yet; the
+        parent's default ACL then decides instead of it, if it has one (:mod:`layerfs.acl`).
+        """
         fs = self._fs
         with fs.lock:
             try:
@@ -272,17 +277,25 @@ class Stack(CallerView):
                     raise oserror(errno.EEXIST, name)
                 handle = file.open_node(fs, existing, flags & ~os.O_CREAT, before_write)
                 return existing, handle
-            node = dirops.create(fs, parent, name, mode, uid, gid)
+            node = dirops.create(fs, parent, name, mode, uid, gid, umask)
             open_flags = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
             return node, file.open_node(fs, node, open_flags, before_write)
 
     def mkdir_at(
-        self, parent: Node, name: str, mode: int, uid: int | None = None, gid: int | None = None
+        self,
+        parent: Node,
+        name: str,
+        mode: int,
+        uid: int | None = None,
+        gid: int | None = None,
+        *,
+        umask: int | None = None,
     ) -> Node:
         """A new directory (EEXIST, ENOENT for a removed parent, ENAMETOOLONG, EINVAL for a
-        ``.wh.`` name); opaque where it replaces a whiteout or sits in a merged parent."""
+        ``.wh.`` name); opaque where it replaces a whiteout or sits in a merged parent.
+        *umask* as for :meth:`create`."""
         with self._fs.lock:
-            return dirops.mkdir(self._fs, parent, name, mode, uid, gid)
+            return dirops.mkdir(self._fs, parent, name, mode, uid, gid, umask)
 
     def mknod_at(
         self,
@@ -292,10 +305,13 @@ class Stack(CallerView):
         rdev: int = 0,
         uid: int | None = None,
         gid: int | None = None,
+        *,
+        umask: int | None = None,
     ) -> Node:
-        """A new FIFO, socket, device or (without a type in *mode*) empty regular file."""
+        """A new FIFO, socket, device or (without a type in *mode*) empty regular file.
+        *umask* as for :meth:`create`."""
         with self._fs.lock:
-            return dirops.mknod(self._fs, parent, name, mode, rdev, uid, gid)
+            return dirops.mknod(self._fs, parent, name, mode, rdev, uid, gid, umask)
 
     def symlink_at(
         self, parent: Node, name: str, target: str, uid: int | None = None, gid: int | None = None

@@ -84,6 +84,8 @@ class TestOptions:
         items = ["lowerdir=/l", "xino=off", "threaded=1", "fast_ino=1", "writeback=0"]
         items += ["redirect_dir=off", "fsync=1", "noacl"]
         assert sort_mount_options(items)[1] == ["lowerdir=/l"]
+        assert sort_mount_options(items)[0].acl is False  # as in fuse-overlayfs: no ACLs
+        assert sort_mount_options(["lowerdir=/l"])[0].acl is True
         assert sort_mount_options(["lowerdir=/l", "fsync=0"])[1] == ["lowerdir=/l", "volatile"]
 
     def test_last_of_two_opposite_flags_wins(self) -> None:
