@@ -236,25 +236,57 @@ def copy_xattrs(src_dirfd: int, src: str, dst_dirfd: int, dst: str) -> None:
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy *size* bytes in the kernel (``copy_file_range``, falling back to ``sendfile``)."""
+    """Copy the first *size* bytes in the kernel, region by region of data, so the copy keeps
+    the source's holes as kernel overlayfs's copy-up does (a sparse ``lastlog`` stays small);
+    the destination is then at least *size* long. A source whose filesystem does not report
+    holes is one region."""
     offset = 0
-    use_cfr = True
     while offset < size:
-        count = min(size - offset, 1 << 30)
+        try:
+            start = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data past offset, a hole to the end
+                raise
+            break
+        if start >= size:
+            break
+        try:
+            end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            end = size  # the file shrank under us; copy what the range copy finds
+        copied = _copy_range(src_fd, dst_fd, start, end - start)
+        if copied < end - start:
+            return  # the source shrank under us; the caller's size was an upper bound
+        offset = end
+    if os.fstat(dst_fd).st_size < size:
+        os.ftruncate(dst_fd, size)
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
+    """Bytes ``[offset, offset + count)`` copied to the same offset (``copy_file_range``,
+    falling back to ``sendfile``); how many there were."""
+    done = 0
+    use_cfr = True
+    while done < count:
+        chunk = min(count - done, 1 << 30)
+        at = offset + done
         if use_cfr:
             try:
-                n = os.copy_file_range(src_fd, dst_fd, count, offset, offset)
+                n = os.copy_file_range(src_fd, dst_fd, chunk, at, at)
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                     raise
                 use_cfr = False
                 continue
         else:
-            os.lseek(dst_fd, offset, os.SEEK_SET)
-            n = os.sendfile(dst_fd, src_fd, offset, count)
+            os.lseek(dst_fd, at, os.SEEK_SET)
+            n = os.sendfile(dst_fd, src_fd, at, chunk)
         if n == 0:
-            break  # the source shrank under us; the caller's size was an upper bound
-        offset += n
+            break
+        done += n
+    return done
 
 
 MAX_HANDLE_SZ = 128  # bytes of a file handle, the kernel's bound

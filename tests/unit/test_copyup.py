@@ -147,6 +147,45 @@ def test_metacopy_is_off_by_default(dirs: dict[str, Path], stack: Stack) -> None
     assert (dirs["upper"] / "dir" / "sub" / "file").read_bytes() == b"lower data" * 1000
 
 
+SPARSE_SIZE = 256 << 20
+SPARSE_DATA = {8 << 20: b"first", (100 << 20) + 5: b"second"}  # offset -> bytes, then a hole
+
+
+def _make_sparse(path: Path) -> None:
+    with open(path, "wb") as f:
+        for offset, data in SPARSE_DATA.items():
+            f.seek(offset)
+            f.write(data)
+        f.truncate(SPARSE_SIZE)
+
+
+def _assert_sparse_copy(upper_file: Path) -> None:
+    """The copy reads as the lower did and keeps its holes (a few blocks, not 256 MiB)."""
+    st = upper_file.stat()
+    assert st.st_size == SPARSE_SIZE
+    assert st.st_blocks * 512 < 1 << 20, st.st_blocks
+    with open(upper_file, "rb") as f:
+        for offset, data in SPARSE_DATA.items():
+            f.seek(offset)
+            assert f.read(len(data)) == data
+        f.seek(SPARSE_SIZE - 4096)
+        assert f.read() == bytes(4096)
+
+
+@pytest.mark.parametrize("options", [StackOptions(), METACOPY], ids=["full", "metacopy"])
+def test_copy_up_keeps_holes(dirs: dict[str, Path], options: StackOptions) -> None:
+    """A sparse lower file (``/var/log/lastlog`` in many images) stays sparse in the upper, as
+    with kernel overlayfs: a full copy-up, and the data of a metadata-only copy completed by an
+    open for writing."""
+    _make_sparse(dirs["lower"] / "sparse")
+    with Stack([dirs["lower"]], dirs["upper"], dirs["work"], options=options) as stack:
+        stack.chmod("/sparse", 0o600)
+        with stack.open("/sparse", os.O_WRONLY):
+            pass
+        _assert_sparse_copy(dirs["upper"] / "sparse")
+        assert stack.read_bytes("/sparse")[8 << 20 : (8 << 20) + 5] == b"first"
+
+
 def test_truncate_to_zero_copies_no_data(dirs: dict[str, Path], stack: Stack) -> None:
     stack.write_bytes("/dir/sub/file", b"new")
     assert (dirs["upper"] / "dir" / "sub" / "file").read_bytes() == b"new"
