@@ -17,7 +17,11 @@ TIMEOUT = 120  # seconds
 USERNS = ("unshare", "--user", "--map-root-user")
 
 
-def _run(argv: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+def run_in_namespace(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* as uid 0 of a new user namespace, whatever its outcome; skips the test
+    (with the reason) where user namespaces cannot be made."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux)")
     probe = subprocess.run([*USERNS, "true"], capture_output=True, text=True, check=False)
@@ -31,14 +35,14 @@ def _run(argv: list[str], env: dict[str, str] | None) -> subprocess.CompletedPro
 def run_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
     """Run *argv* as uid 0 of a new user namespace; its stdout. Skips the test (with the
     reason) where user namespaces cannot be made; fails it when *argv* fails."""
-    done = _run(argv, env)
+    done = run_in_namespace(argv, env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def failure_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
     """Run *argv*, which must fail, as uid 0 of a new user namespace; its stderr."""
-    done = _run(argv, env)
+    done = run_in_namespace(argv, env)
     assert done.returncode != 0, done.stdout
     return done.stderr
 

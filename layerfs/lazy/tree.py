@@ -124,8 +124,8 @@ def build_tree(
 
     *owner* ``(uid, gid)`` replaces every entry's owner, as unpacking by a user other than
     root does (``None``: the TOC's owners); such a user's tree also keeps only ``user.*``
-    xattrs. Without *devices* (unpacking makes device nodes only as root of the host) a
-    device entry is an :class:`UnsafeLayerError`, as unpacking refuses it. Raises
+    xattrs. Without *devices* (unpacking makes device nodes only as root of the host) device
+    entries are left out, as unpacking leaves them out. Raises
     :class:`LayerFormatError` (or :class:`UnsafeLayerError`) naming the entry for a TOC that
     cannot be unpacked.
     """
@@ -192,6 +192,8 @@ class _Builder:
             parent.children.pop(name, None)  # room first: the target may have been below it
             parent.children[name] = self._find(entry, entry.hardlink)
             return
+        if entry.type in (EntryType.CHAR, EntryType.BLOCK) and not self.devices:
+            return
         parent.children[name] = self._object(entry)
 
     def _marker(self, entry: TocEntry, parts: list[str]) -> None:
@@ -206,10 +208,6 @@ class _Builder:
 
     def _object(self, entry: TocEntry) -> TreeNode:
         kind = _KINDS[entry.type]
-        if kind in (stat.S_IFCHR, stat.S_IFBLK) and not self.devices:
-            raise UnsafeLayerError(
-                f"layer entry {entry.path!r}: device files are only created by root"
-            )
         node = self._new(kind | entry.mode, entry.uid, entry.gid, entry.mtime_ns)
         node.xattrs = self._xattrs(entry)
         if kind == stat.S_IFDIR:

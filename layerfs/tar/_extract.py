@@ -51,7 +51,9 @@ ReadFn = Callable[[int], bytes]
 
 def may_create_devices() -> bool:
     """Device nodes are created only by root of the host (a layer must not hand anyone else a
-    device, and uid 0 of a user namespace cannot make one)."""
+    device, and uid 0 of a user namespace cannot make one). For anyone else they are left
+    out, as docker's and containers/storage's unpacking leave them out in a user namespace:
+    a container gets its devices from the runtime's ``/dev``, not from its image."""
     return privilege.is_host_root()
 
 
@@ -113,6 +115,7 @@ class Extractor:
         self._retired: list[int] = []  # closed between entries, never under a caller's feet
         self._layer_paths: set[str] = {""}
         self._markers: list[Entry] = []  # LAYER mode: whiteouts and opaque markers, for the end
+        self._devices_left_out: list[str] = []
 
     # -- directories -------------------------------------------------------------------
     def close(self) -> None:
@@ -242,7 +245,8 @@ class Extractor:
             return
         parent_fd = self._dir_fd(entry.parent, entry)
         if kind in (Kind.CHAR, Kind.BLOCK) and not may_create_devices():
-            raise unsafe(entry.raw, "device files are only created by root")
+            self._devices_left_out.append(entry.path)
+            return
         if self._rootfs:
             self._remember(entry.path)
         meta = _meta_of(member)
@@ -400,6 +404,14 @@ class Extractor:
         In LAYER mode a root directory without an entry of its own gets mode 0755, as a fresh
         root file system has: the layer has nothing to say about it.
         """
+        if self._devices_left_out:
+            left_out = self._devices_left_out
+            log.warning(
+                "left out %d device node(s) (%s%s): only root of the host creates them",
+                len(left_out),
+                ", ".join(left_out[:3]),
+                ", ..." if len(left_out) > 3 else "",
+            )
         for entry in sorted(self._markers, key=_marker_order):
             self._write_marker(entry)
             self._close_retired()

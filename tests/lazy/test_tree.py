@@ -165,3 +165,14 @@ def test_toc_tree_holds_what_unpacking_makes(members: list[M]) -> None:
         tree = build_tree(toc_of(members), layer_format())
         timed = timed_paths(members, unpacked)
         assert tree_objects(tree, timed) == host_objects(unpacked, timed)
+
+
+def test_device_entries_are_left_out_without_root() -> None:
+    """As unpacking leaves device nodes out for anyone but root of the host, so does the tree."""
+    null = TocEntry(path="/dev/null", type=EntryType.CHAR, mode=0o666, devmajor=1, devminor=3)
+    toc = Toc(TocFormat.ZSTD_CHUNKED, 0, 0, (null,), (), {null.path: null})
+    dev = build_tree(toc, layer_format(), devices=False).root.children
+    assert dev is not None and dev["dev"].children == {}
+    kept = build_tree(toc, layer_format()).root.children
+    assert kept is not None and kept["dev"].children is not None
+    assert stat.S_ISCHR(kept["dev"].children["null"].mode)

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from layerfs.cli.layer import layer
-from tests.userns import failure_as_namespace_root, run_as_namespace_root
+from tests.userns import failure_as_namespace_root, run_as_namespace_root, run_in_namespace
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,6 +97,30 @@ def test_an_owner_the_user_namespace_does_not_map_is_one_line_and_leaves_nothing
         " map these ids (see /etc/subuid and /etc/subgid)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.tar"]
+
+
+def test_uid_0_of_a_user_namespace_leaves_device_nodes_out(tmp_path: Path) -> None:
+    """Images made by debootstrap-style builders carry ``/dev`` nodes; without root they are
+    left out with one warning and the layer is applied, as rootless podman does."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        null = tarfile.TarInfo("dev/null")
+        null.type, null.devmajor, null.devminor = tarfile.CHRTYPE, 1, 3
+        tf.addfile(null)
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"box"))
+    blob = tmp_path / "layer.tar"
+    blob.write_bytes(buf.getvalue())
+    os.chmod(tmp_path, 0o777)
+    lower = tmp_path / "lower"
+    code = "from layerfs.cli.main import main; main()"
+    argv = [sys.executable, "-c", code, "layer", "apply", "--as-layer", str(blob), str(lower)]
+    done = run_in_namespace(argv)
+    assert done.returncode == 0, done.stderr
+    assert "left out 1 device node(s) (dev/null)" in done.stderr
+    assert (lower / "etc" / "hostname").read_text() == "box"
+    assert os.listdir(lower / "dev") == []
 
 
 def test_help_texts() -> None:
