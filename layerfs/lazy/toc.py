@@ -199,6 +199,9 @@ def digest_field(doc: Mapping[str, Any], key: str, what: str) -> Digest | None:
     return Digest(value)
 
 
+_FRACTION = re.compile(r"\.(\d+)")
+
+
 def mtime_field(doc: Mapping[str, Any], what: str) -> int:
     """``modtime`` (RFC 3339) in nanoseconds since the epoch; missing or zero time: 0."""
     text = doc.get("modtime")
@@ -206,15 +209,19 @@ def mtime_field(doc: Mapping[str, Any], what: str) -> int:
         return 0
     if not isinstance(text, str):
         raise bad(what, "modtime is not a string")
+    # the fraction apart: datetime keeps microseconds, RFC 3339 times may carry nanoseconds
+    fraction = _FRACTION.search(text)
+    nanoseconds = int(fraction.group(1)[:9].ljust(9, "0")) if fraction else 0
+    whole = text[: fraction.start()] + text[fraction.end() :] if fraction else text
     try:
-        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        stamp = datetime.datetime.fromisoformat(whole.replace("Z", "+00:00"))
     except ValueError as exc:
         raise bad(what, f"modtime {text!r} is not RFC 3339") from exc
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=datetime.UTC)
     epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     delta = stamp - epoch
-    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + nanoseconds
 
 
 def xattrs_field(doc: Mapping[str, Any], what: str) -> dict[str, bytes]:

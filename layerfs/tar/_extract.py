@@ -86,9 +86,22 @@ def _meta_of(member: tarfile.TarInfo) -> _Meta:
         mode=member.mode & 0o7777,
         uid=member.uid,
         gid=member.gid,
-        mtime_ns=round(member.mtime * 1_000_000_000),
+        mtime_ns=mtime_ns(member),
         xattrs=_xattrs_of(member),
     )
+
+
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's mtime in nanoseconds, exact: from the PAX record's decimal digits where
+    there is one (``tarfile`` gives a float, which is off by up to a microsecond, and by
+    whole seconds' worth of rounding past 2^33 s), else the header's whole seconds."""
+    text = member.pax_headers.get("mtime")
+    if text is not None:
+        sign = -1 if text.startswith("-") else 1
+        seconds, _, fraction = text.lstrip("+-").partition(".")
+        if seconds.isdigit() and (fraction.isdigit() or not fraction):
+            return sign * (int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, "0")))
+    return round(member.mtime * 1_000_000_000)
 
 
 def _write_all(fd: int, data: bytes, offset: int | None = None) -> None:

@@ -269,3 +269,17 @@ def test_toc_json_is_what_annotations_check() -> None:
     own = toc.get("/stargz.index.json")
     assert own is not None
     assert json.loads(content(toc, data, own.path))["entries"][0]["name"] == "a"
+
+
+def test_modtime_keeps_nanoseconds() -> None:
+    """RFC 3339 times in a TOC may carry nanoseconds (Go's RFC3339Nano); ``datetime`` keeps
+    microseconds, so the fraction is read apart, as the layer's tar gives it."""
+    from layerfs.lazy.toc import mtime_field
+
+    cases = {
+        "2023-11-14T22:13:20.123456789Z": 1700000000123456789,
+        "2023-11-14T23:13:20.1+01:00": 1700000000100000000,
+        "1969-12-31T23:59:59.5Z": -500000000,
+        "2023-11-14T22:13:20Z": 1700000000000000000,
+    }
+    assert {text: mtime_field({"modtime": text}, "entry") for text in cases} == cases

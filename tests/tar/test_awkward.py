@@ -4,6 +4,7 @@ and the shapes real builders write (no root entry, same-layer whiteouts, absolut
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -240,3 +241,25 @@ def test_tar_that_ends_after_its_last_data(tmp_path: Path, mode: ApplyMode) -> N
     src.write_bytes(cut[:-1])  # data itself cut short: still an error
     with pytest.raises(LayerFormatError):
         apply_layer(src, tmp_path / "again", options=ApplyOptions(mode=ApplyMode.LAYER))
+
+
+def test_pax_mtimes_are_exact_to_the_nanosecond(tmp_path: Path) -> None:
+    """A PAX ``mtime`` record is decimal: read as a float it is off by up to a microsecond, and
+    past 2^33 s by a second. GNU tar, umoci and Go's archive/tar read the digits."""
+
+    stamps = {"frac": "1700000000.123456789", "future": "8589934597", "old": "-31536000.5"}
+    blob = tmp_path / "layer.tar"
+    with tarfile.open(blob, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, stamp in stamps.items():
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            info.pax_headers = {"mtime": stamp}
+            tf.addfile(info, io.BytesIO(b"x"))
+    layer = tmp_path / "layer"
+    apply_layer(blob, layer)
+    seen = {name: (layer / name).lstat().st_mtime_ns for name in stamps}
+    assert seen == {
+        "frac": 1700000000123456789,
+        "future": 8589934597 * 10**9,
+        "old": -31536000500000000,
+    }
