@@ -342,6 +342,11 @@ class Handlers:
         self.requests.fsync(fh, bool(flags & wire.FSYNC_FDATASYNC))
         return b""
 
+    def fallocate(self, req: Request, body: bytes) -> Payload:
+        fh, offset, length, mode, _ = wire.FALLOCATE_IN.unpack_from(body)
+        self.requests.fallocate(fh, mode, offset, length)
+        return b""
+
     # -- directories -----------------------------------------------------------------------
     def opendir(self, req: Request, body: bytes) -> Payload:
         """Directory listings are cached by the kernel across opens: every change goes
@@ -486,6 +491,7 @@ HANDLERS: dict[int, tuple[Handler, bool]] = {
     wire.Op.WRITE: (Handlers.write, False),
     wire.Op.RELEASE: (Handlers.release, False),
     wire.Op.FSYNC: (Handlers.fsync, True),
+    wire.Op.FALLOCATE: (Handlers.fallocate, True),
     wire.Op.FLUSH: (Handlers.flush, False),
     wire.Op.OPENDIR: (Handlers.opendir, False),
     wire.Op.READDIR: (Handlers.readdir, False),

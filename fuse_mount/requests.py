@@ -377,6 +377,11 @@ class Requests:
     def fsync(self, fh: int, datasync: bool) -> None:
         self.files.get(fh).handle.fsync(datasync)
 
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        opened = self.files.get(fh)
+        opened.handle.fallocate(mode, offset, length)
+        self._changed(self.inodes.node(opened.ino))
+
     # -- directories -----------------------------------------------------------------------
     def opendir(self, ino: int) -> int:
         node = self.inodes.node(ino)

@@ -174,6 +174,7 @@ WRITE_IN = READ_IN  # fh offset size write_flags lock_owner flags padding
 WRITE_OUT = struct.Struct("=II")  # size padding
 KSTATFS = struct.Struct("=QQQQQIII28x")  # blocks bfree bavail files ffree bsize namelen frsize
 FSYNC_IN = struct.Struct("=QII")  # fh fsync_flags padding
+FALLOCATE_IN = struct.Struct("=QQQII")  # fh offset length mode padding
 SETXATTR_IN = struct.Struct("=IIII")  # size flags setxattr_flags padding (SETXATTR_EXT)
 SETXATTR_IN_COMPAT = struct.Struct("=II")  # size flags
 GETXATTR_IN = struct.Struct("=II")  # size padding

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from layerfs import copyup
+from layerfs import copyup, hostfs
 from layerfs.errors import oserror
 from layerfs.inode import getattr_, to_stat
 from layerfs.node import LNK
@@ -183,6 +183,15 @@ class FileHandle:
         if not self.writable:
             raise oserror(errno.EBADF)
         os.ftruncate(self.fileno(), size)
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """``fallocate(2)`` of the file this handle writes: reserve (*mode* 0 or
+        ``FALLOC_FL_KEEP_SIZE``), punch or zero a range. EBADF unless open for writing."""
+        if not self.writable:
+            raise oserror(errno.EBADF)
+        if self._before_write is not None:
+            self._before_write(self.node)
+        hostfs.fallocate(self.fileno(), mode, offset, length)
 
     def fsync(self, datasync: bool = False) -> None:
         if not self.has_fileno():

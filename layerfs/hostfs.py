@@ -264,6 +264,12 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
         os.ftruncate(dst_fd, size)
 
 
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """``fallocate(2)`` with its *mode* flags (``os.posix_fallocate`` has none)."""
+    if _libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
+        raise oserror(ctypes.get_errno())
+
+
 def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     """Bytes ``[offset, offset + count)`` copied to the same offset (``copy_file_range``,
     falling back to ``sendfile``); how many there were."""

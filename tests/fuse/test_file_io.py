@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import mmap
 import os
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from layerfs import hostfs
 from tests.fuse.conftest import CAP_NET_RAW_EP, CAPABILITY, Mounter, Stackdirs, write_tree
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -212,6 +214,50 @@ def test_copy_up_keeps_file_capabilities(mounter: Mounter, tmp_path: Path, metac
     mnt = mounter.mount(dirs, "-o", option)
     assert dirs.upper is not None
     assert capabilities_after_changes(mnt, dirs.upper) == kernel
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+
+
+def fallocate_outcomes(mnt: Path) -> dict[str, object]:
+    """Reserve a new file, punch and zero ranges of a written one, reserve past its end
+    without changing its size, and extend a lower file (copied up by the open)."""
+    seen: dict[str, object] = {}
+    calls = {
+        "reserve": ("new", 0, 0, 1 << 20),
+        "punch": ("data", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 8192),
+        "zero": ("data", FALLOC_FL_ZERO_RANGE, 0, 4096),
+        "keep size": ("data", FALLOC_FL_KEEP_SIZE, 0, 2 << 20),
+        "extend lower": ("lower", 0, 0, 100),
+    }
+    (mnt / "data").write_bytes(b"y\n" * 32768)
+    for what, (name, mode, offset, length) in calls.items():
+        fd = os.open(mnt / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            hostfs.fallocate(fd, mode, offset, length)
+            seen[what] = "ok"
+        except OSError as exc:
+            seen[what] = errno.errorcode[exc.errno or 0]
+        finally:
+            os.close(fd)
+    for name in ("new", "data", "lower"):
+        content = (mnt / name).read_bytes()
+        seen[name] = (len(content), hashlib.sha256(content).hexdigest())
+    return seen
+
+
+def test_fallocate_as_on_the_kernel(mounter: Mounter, tmp_path: Path, fuse_backend: str) -> None:
+    """Databases reserve, punch and zero ranges with ``fallocate(2)``; the native backend
+    serves it as kernel overlayfs does, pyfuse3 has no such request (deviation 16)."""
+    files: dict[str, str | bytes | None] = {"lower": "x\n"}
+    with kernel_overlay(tmp_path / "k", files) as kmnt:
+        kernel = fallocate_outcomes(kmnt)
+    assert all(kernel[what] == "ok" for what in ("reserve", "punch", "zero", "keep size"))
+    seen = fallocate_outcomes(mounter.mount(mounter.layers(files)))
+    if fuse_backend == "native":
+        assert seen == kernel
+    else:
+        assert seen["reserve"] in ("ENOTSUP", "EOPNOTSUPP")  # one errno, two names
 
 
 def cached_kib() -> int:
