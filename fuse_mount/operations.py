@@ -89,9 +89,18 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(
-        self, stack: Stack, *, timeouts: Timeouts, threads: int, idmap: IdMap | None = None
+        self,
+        stack: Stack,
+        *,
+        timeouts: Timeouts,
+        threads: int,
+        idmap: IdMap | None = None,
+        acl: bool = True,
     ) -> None:
         super().__init__()
+        # The kernel checks POSIX ACLs (FUSE_POSIX_ACL). pyfuse3 cannot also ask for the mode
+        # before the umask, so a default ACL is not inherited here (semantics, difference 15).
+        self.enable_acl = acl
         self.requests = Requests(stack, timeouts, idmap)
         self.requests.invalidate = _invalidate_attributes
         self._limiter = trio.CapacityLimiter(threads)

@@ -46,7 +46,11 @@ def serve(
     Raises :class:`MountFailedError` if the mount itself fails.
     """
     operations = Operations(
-        stack, timeouts=options.timeouts, threads=options.threads, idmap=options.idmap
+        stack,
+        timeouts=options.timeouts,
+        threads=options.threads,
+        idmap=options.idmap,
+        acl=options.acl,
     )
     _init_session(operations, mountpoint, options)
     log.info("mounted %s", mountpoint)
