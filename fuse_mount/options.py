@@ -114,7 +114,7 @@ class MountOptions:
     backend: str = DEFAULT_BACKEND
     passthrough: bool = True  # native backend, as root: file I/O bypasses the daemon
     idmap: IdMap | None = None
-    acl: bool = True  # native backend: POSIX ACLs checked and inherited (off: ``noacl``)
+    acl: bool = True  # the kernel checks POSIX ACLs; default ACLs inherited (off: ``noacl``)
 
     def as_readonly(self) -> MountOptions:
         """These options with ``ro`` given last (a stack without an upper mounts so)."""

@@ -81,7 +81,7 @@ def new_object(kind: int, mode: int, umask: int | None, default: bytes | None) -
     ACL is *default*. *umask* None: the kernel applied the caller's umask already."""
     if umask is None:
         return NewObject(mode, {})
-    if default is None or kind == stat.S_IFLNK:
+    if default is None:
         return NewObject(mode & ~(umask & 0o777), {})
     mode, access = inherit(default, mode)
     xattrs = {} if access is None else {ACCESS: access}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -38,15 +37,3 @@ def run_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) ->
     done = run_in_namespace(argv, env)
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def failure_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) -> str:
-    """Run *argv*, which must fail, as uid 0 of a new user namespace; its stderr."""
-    done = run_in_namespace(argv, env)
-    assert done.returncode != 0, done.stdout
-    return done.stderr
-
-
-def python_as_namespace_root(code: str, env: dict[str, str] | None = None) -> str:
-    """Run Python *code* with this interpreter as uid 0 of a new user namespace."""
-    return run_as_namespace_root([sys.executable, "-c", code], env)

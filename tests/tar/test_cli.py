@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from layerfs.cli.layer import layer
-from tests.userns import failure_as_namespace_root, run_as_namespace_root, run_in_namespace
+from tests.userns import run_as_namespace_root, run_in_namespace
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,11 +74,20 @@ def test_as_layer_of_uid_0_in_a_user_namespace_writes_unprivileged_forms(tmp_pat
     assert os.getxattr(lower / "d", "user.overlay.opaque") == b"y"
 
 
+def _apply_as_namespace_root(blob: Path, lower: Path) -> subprocess.CompletedProcess[str]:
+    """``layerfs layer apply --as-layer BLOB LOWER`` as uid 0 of ``unshare -r``, which maps
+    only itself (the directory is opened up for it)."""
+    os.chmod(lower.parent, 0o777)
+    code = "from layerfs.cli.main import main; main()"
+    argv = [sys.executable, "-c", code, "layer", "apply", "--as-layer", str(blob), str(lower)]
+    return run_in_namespace(argv)
+
+
 def test_an_owner_the_user_namespace_does_not_map_is_one_line_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
-    """uid 0 of ``unshare -r`` maps only itself: a layer with files of uid 1000 cannot be
-    unpacked with their owners (podman says the same); the error names the ids and the path."""
+    """A layer with files of uid 1000 cannot be unpacked with their owners where only uid 0
+    is mapped (podman says the same); the error names the ids and the path."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         info = tarfile.TarInfo("home/user/notes")
@@ -86,37 +96,30 @@ def test_an_owner_the_user_namespace_does_not_map_is_one_line_and_leaves_nothing
         tf.addfile(info, io.BytesIO(b"text"))
     blob = tmp_path / "layer.tar"
     blob.write_bytes(buf.getvalue())
-    os.chmod(tmp_path, 0o777)
-    lower = tmp_path / "lower"
-    code = "from layerfs.cli.main import main; main()"
-    err = failure_as_namespace_root(
-        [sys.executable, "-c", code, "layer", "apply", "--as-layer", str(blob), str(lower)]
-    )
-    assert err.strip().splitlines() == [
+    done = _apply_as_namespace_root(blob, tmp_path / "lower")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
         "layerfs: cannot give home/user/notes the owner 1000:1000: this user namespace does not"
         " map these ids (see /etc/subuid and /etc/subgid)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.tar"]
 
 
+@pytest.mark.root  # mknod of the device the layer carries
 def test_uid_0_of_a_user_namespace_leaves_device_nodes_out(tmp_path: Path) -> None:
     """Images made by debootstrap-style builders carry ``/dev`` nodes; without root they are
-    left out with one warning and the layer is applied, as rootless podman does."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        null = tarfile.TarInfo("dev/null")
-        null.type, null.devmajor, null.devminor = tarfile.CHRTYPE, 1, 3
-        tf.addfile(null)
-        info = tarfile.TarInfo("etc/hostname")
-        info.size = 3
-        tf.addfile(info, io.BytesIO(b"box"))
+    left out with one warning and the layer is applied, as rootless podman does. The layer
+    is GNU tar's."""
+    src = tmp_path / "src"
+    (src / "dev").mkdir(parents=True)
+    (src / "etc").mkdir()
+    os.mknod(src / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (src / "etc" / "hostname").write_text("box")
     blob = tmp_path / "layer.tar"
-    blob.write_bytes(buf.getvalue())
-    os.chmod(tmp_path, 0o777)
+    tar = ["tar", "--numeric-owner", "-cf", str(blob), "-C", str(src), "."]
+    subprocess.run(tar, check=True, timeout=60)
     lower = tmp_path / "lower"
-    code = "from layerfs.cli.main import main; main()"
-    argv = [sys.executable, "-c", code, "layer", "apply", "--as-layer", str(blob), str(lower)]
-    done = run_in_namespace(argv)
+    done = _apply_as_namespace_root(blob, lower)
     assert done.returncode == 0, done.stderr
     assert "left out 1 device node(s) (dev/null)" in done.stderr
     assert (lower / "etc" / "hostname").read_text() == "box"
