@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -37,3 +38,8 @@ def run_as_namespace_root(argv: list[str], env: dict[str, str] | None = None) ->
     done = run_in_namespace(argv, env)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def python_as_namespace_root(code: str, env: dict[str, str] | None = None) -> str:
+    """Run Python *code* with this interpreter as uid 0 of a new user namespace."""
+    return run_as_namespace_root([sys.executable, "-c", code], env)
